@@ -1,0 +1,652 @@
+//! The visitor's side of getting a page, as a sans-IO state machine.
+//!
+//! ```text
+//!            ┌───────── no_hosts ──────────► Gone / Failed
+//!  Asking ───┤
+//!            └─ routed ─► Connecting ─ open ─► Receiving ─ verified ─► Delivered
+//!                 │  (relay mode)    │ timeout / ICE failed   │ wrong bytes, dropped
+//!                 ▼                  ▼                        ▼
+//!              Relaying ◄──── ask again (relay) ──── ask again (exclude host)
+//! ```
+//!
+//! The shell (browser or native peer) feeds in what happened — replies,
+//! data-channel messages, failures, the current time — and carries out what
+//! [`Fetch::poll`] returns: send a `content_request`, close the peer
+//! connection, show the page. Time is an input, so tests drive every path
+//! without a clock.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::hash::PageHash;
+use crate::protocol::{ContentRequest, PeerId};
+use crate::transfer::{Received, TransferError, TransferReceiver};
+
+/// How a fetch behaves; the shells expose these as settings.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// How long a host has to get a data channel open, once routed.
+    pub rtc_timeout: Duration,
+    /// How long a transfer may go without a message, once open.
+    pub stall_timeout: Duration,
+    /// How long to wait for a relayed page, or for the server's reply.
+    pub relay_timeout: Duration,
+    /// Give up after this many requests.
+    pub max_attempts: u32,
+    /// Refuse pages larger than this.
+    pub max_page_bytes: usize,
+    /// Whether this visitor can do WebRTC at all; if not, relay from the start.
+    pub webrtc: bool,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            rtc_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(5),
+            relay_timeout: Duration::from_secs(5),
+            max_attempts: 12,
+            max_page_bytes: 1 << 20,
+            webrtc: true,
+        }
+    }
+}
+
+/// How a page arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Peer to peer over an RTCDataChannel.
+    WebRtc,
+    /// Through the server's websocket.
+    Relay,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebRtc => "webrtc",
+            Transport::Relay => "relay",
+        }
+    }
+}
+
+/// Why a fetch ended without the page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchFailure {
+    #[error("every host sent bytes that do not match the page's address ({bad_hosts} tried)")]
+    WrongBytesFromEveryHost { bad_hosts: u32 },
+    #[error("gave up after {0} requests")]
+    TooManyAttempts(u32),
+}
+
+/// What the shell must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchAction {
+    /// Send `content_request` with this payload on `want:<hash>`.
+    Request(ContentRequest),
+    /// Close the peer connection to this host; it will not be used again.
+    CloseRtc(PeerId),
+    /// The verified page. The shell now leaves `want:` and joins `have:`.
+    Delivered {
+        page: Vec<u8>,
+        transport: Transport,
+        host: Option<PeerId>,
+    },
+    /// Nobody hosts the page.
+    Gone,
+    /// The page could not be had; the reason says why.
+    Failed(FetchFailure),
+}
+
+/// Where a fetch stands, for display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the server to name a host.
+    Asking,
+    /// A host was named; waiting for its data channel to open.
+    Connecting(PeerId),
+    /// Bytes are arriving over the data channel.
+    Receiving(PeerId),
+    /// Waiting for the host to send the page through the server.
+    Relaying(PeerId),
+    Delivered(Transport),
+    Gone,
+    Failed,
+}
+
+impl Phase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Delivered(_) | Phase::Gone | Phase::Failed)
+    }
+}
+
+/// One visitor getting one page.
+#[derive(Debug)]
+pub struct Fetch {
+    hash: PageHash,
+    config: FetchConfig,
+    phase: Phase,
+    /// When the current phase times out.
+    deadline: Option<Duration>,
+    /// Ask for relay from now on: WebRTC could not connect.
+    relay: bool,
+    /// Hosts that failed this visitor; the server will not pick them again.
+    exclude: Vec<PeerId>,
+    /// How many of the excluded hosts sent wrong bytes.
+    bad_hosts: u32,
+    attempts: u32,
+    receiver: Option<TransferReceiver>,
+    actions: VecDeque<FetchAction>,
+}
+
+impl Fetch {
+    /// Starts fetching `hash`; the first action is the request, sent at once.
+    pub fn new(hash: PageHash, config: FetchConfig, now: Duration) -> Self {
+        let relay = !config.webrtc;
+        let mut fetch = Self {
+            hash,
+            config,
+            phase: Phase::Asking,
+            deadline: None,
+            relay,
+            exclude: Vec::new(),
+            bad_hosts: 0,
+            attempts: 0,
+            receiver: None,
+            actions: VecDeque::new(),
+        };
+        fetch.ask(now);
+        fetch
+    }
+
+    pub fn hash(&self) -> PageHash {
+        self.hash
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Bytes received and total, while receiving over WebRTC.
+    pub fn progress(&self) -> Option<(usize, usize)> {
+        self.receiver.as_ref().and_then(TransferReceiver::progress)
+    }
+
+    /// The next thing the shell must do, if any.
+    pub fn poll(&mut self) -> Option<FetchAction> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Fetch::on_tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    /// Whether a `signal` from `peer` belongs to this fetch: only the host
+    /// the server named may negotiate with us.
+    pub fn accepts_signal_from(&self, peer: PeerId) -> bool {
+        matches!(self.phase, Phase::Connecting(host) | Phase::Receiving(host) if host == peer)
+    }
+
+    /// The server named the host that will serve us.
+    pub fn on_routed(&mut self, host: PeerId, now: Duration) {
+        if self.phase != Phase::Asking {
+            return;
+        }
+        if self.relay {
+            self.enter(Phase::Relaying(host), now + self.config.relay_timeout);
+        } else {
+            self.receiver = Some(TransferReceiver::new(self.hash, self.config.max_page_bytes));
+            self.enter(Phase::Connecting(host), now + self.config.rtc_timeout);
+        }
+    }
+
+    /// The server says nobody (left) hosts the page.
+    pub fn on_no_hosts(&mut self) {
+        if self.phase != Phase::Asking {
+            return;
+        }
+        if self.bad_hosts > 0 {
+            self.finish(
+                Phase::Failed,
+                FetchAction::Failed(FetchFailure::WrongBytesFromEveryHost {
+                    bad_hosts: self.bad_hosts,
+                }),
+            );
+        } else {
+            self.finish(Phase::Gone, FetchAction::Gone);
+        }
+    }
+
+    /// The websocket came back after a drop: whatever was under way through
+    /// the server is lost, so ask again.
+    pub fn on_reconnected(&mut self, now: Duration) {
+        match self.phase {
+            Phase::Asking | Phase::Relaying(_) => self.ask(now),
+            Phase::Connecting(host) => {
+                self.actions.push_back(FetchAction::CloseRtc(host));
+                self.ask(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// The data channel to the current host opened.
+    pub fn on_channel_open(&mut self, now: Duration) {
+        if let Phase::Connecting(host) = self.phase {
+            self.enter(Phase::Receiving(host), now + self.config.stall_timeout);
+        }
+    }
+
+    /// A text message on the data channel.
+    pub fn on_channel_text(&mut self, text: &str, now: Duration) {
+        let outcome = self.receiver.as_mut().map(|r| r.on_text(text));
+        self.on_transfer(outcome, now);
+    }
+
+    /// A binary message on the data channel.
+    pub fn on_channel_binary(&mut self, message: &[u8], now: Duration) {
+        let outcome = self.receiver.as_mut().map(|r| r.on_binary(message));
+        self.on_transfer(outcome, now);
+    }
+
+    /// The peer connection failed or closed before the page was complete.
+    pub fn on_rtc_failed(&mut self, now: Duration) {
+        match self.phase {
+            // Never connected: the network, not the host, is the likely
+            // cause, so the same host may still relay.
+            Phase::Connecting(host) => {
+                self.relay = true;
+                self.actions.push_back(FetchAction::CloseRtc(host));
+                self.ask(now);
+            }
+            // Connected, then lost: the host went away.
+            Phase::Receiving(host) => self.drop_host(host, false, now),
+            _ => {}
+        }
+    }
+
+    /// A page relayed through the server. Any visitor's request may have
+    /// caused it, so it is welcome in any phase, once verified.
+    pub fn on_relay_content(&mut self, content: &str, now: Duration) {
+        if self.phase.is_finished() {
+            return;
+        }
+        if self.hash.matches(content.as_bytes()) {
+            let host = match self.phase {
+                Phase::Connecting(host) | Phase::Receiving(host) => {
+                    self.actions.push_back(FetchAction::CloseRtc(host));
+                    Some(host)
+                }
+                Phase::Relaying(host) => Some(host),
+                _ => None,
+            };
+            self.deliver(content.as_bytes().to_vec(), Transport::Relay, host);
+        } else if let Phase::Relaying(host) = self.phase {
+            self.drop_host(host, true, now);
+        }
+    }
+
+    /// Time passed; act on whatever timed out.
+    pub fn on_tick(&mut self, now: Duration) {
+        if self.deadline.is_none_or(|deadline| now < deadline) {
+            return;
+        }
+        match self.phase {
+            Phase::Asking => self.ask(now),
+            Phase::Connecting(_) => self.on_rtc_failed(now),
+            Phase::Receiving(host) | Phase::Relaying(host) => self.drop_host(host, false, now),
+            _ => {}
+        }
+    }
+
+    fn on_transfer(&mut self, outcome: Option<Result<Received, TransferError>>, now: Duration) {
+        let Phase::Receiving(host) = self.phase else {
+            return;
+        };
+        match outcome {
+            Some(Ok(Received::Partial { .. })) => {
+                self.deadline = Some(now + self.config.stall_timeout);
+            }
+            Some(Ok(Received::Complete(page))) => {
+                self.actions.push_back(FetchAction::CloseRtc(host));
+                self.deliver(page, Transport::WebRtc, Some(host));
+            }
+            Some(Err(_)) => self.drop_host(host, true, now),
+            None => {}
+        }
+    }
+
+    /// Stops using `host` for good and asks for another.
+    fn drop_host(&mut self, host: PeerId, sent_wrong_bytes: bool, now: Duration) {
+        if matches!(self.phase, Phase::Connecting(_) | Phase::Receiving(_)) {
+            self.actions.push_back(FetchAction::CloseRtc(host));
+        }
+        if !self.exclude.contains(&host) {
+            self.exclude.push(host);
+        }
+        if sent_wrong_bytes {
+            self.bad_hosts += 1;
+        }
+        self.ask(now);
+    }
+
+    fn ask(&mut self, now: Duration) {
+        self.receiver = None;
+        if self.attempts >= self.config.max_attempts {
+            let failure = FetchFailure::TooManyAttempts(self.attempts);
+            self.finish(Phase::Failed, FetchAction::Failed(failure));
+            return;
+        }
+        self.attempts += 1;
+        self.actions.push_back(FetchAction::Request(ContentRequest {
+            relay: self.relay,
+            exclude: self.exclude.clone(),
+        }));
+        self.enter(Phase::Asking, now + self.config.relay_timeout);
+    }
+
+    fn deliver(&mut self, page: Vec<u8>, transport: Transport, host: Option<PeerId>) {
+        self.receiver = None;
+        self.finish(
+            Phase::Delivered(transport),
+            FetchAction::Delivered {
+                page,
+                transport,
+                host,
+            },
+        );
+    }
+
+    fn enter(&mut self, phase: Phase, deadline: Duration) {
+        self.phase = phase;
+        self.deadline = Some(deadline);
+    }
+
+    fn finish(&mut self, phase: Phase, action: FetchAction) {
+        self.phase = phase;
+        self.deadline = None;
+        self.actions.push_back(action);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transfer::TransferSender;
+
+    const PAGE: &[u8] = "a page ✓".as_bytes();
+    const MS: Duration = Duration::from_millis(1);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn host(n: u128) -> PeerId {
+        PeerId::from_random(n)
+    }
+
+    fn drain(fetch: &mut Fetch) -> Vec<FetchAction> {
+        std::iter::from_fn(|| fetch.poll()).collect()
+    }
+
+    fn request(relay: bool, exclude: &[PeerId]) -> FetchAction {
+        FetchAction::Request(ContentRequest {
+            relay,
+            exclude: exclude.to_vec(),
+        })
+    }
+
+    fn start() -> Fetch {
+        let mut fetch = Fetch::new(PageHash::of(PAGE), FetchConfig::default(), Duration::ZERO);
+        assert_eq!(drain(&mut fetch), [request(false, &[])]);
+        fetch
+    }
+
+    fn send_page(fetch: &mut Fetch, page: &[u8], now: Duration) {
+        let sender = TransferSender::new(page, 5);
+        fetch.on_channel_text(&sender.header(), now);
+        for chunk in sender.chunks() {
+            fetch.on_channel_binary(&chunk, now);
+        }
+    }
+
+    #[test]
+    fn happy_path_over_webrtc() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        assert!(fetch.accepts_signal_from(host(1)));
+        assert!(!fetch.accepts_signal_from(host(2)));
+        fetch.on_channel_open(2 * MS);
+        send_page(&mut fetch, PAGE, 3 * MS);
+        assert_eq!(
+            drain(&mut fetch),
+            [
+                FetchAction::CloseRtc(host(1)),
+                FetchAction::Delivered {
+                    page: PAGE.to_vec(),
+                    transport: Transport::WebRtc,
+                    host: Some(host(1)),
+                },
+            ]
+        );
+        assert_eq!(fetch.phase(), Phase::Delivered(Transport::WebRtc));
+        assert_eq!(fetch.next_deadline(), None);
+    }
+
+    #[test]
+    fn no_hosts_is_gone_at_once() {
+        let mut fetch = start();
+        fetch.on_no_hosts();
+        assert_eq!(drain(&mut fetch), [FetchAction::Gone]);
+        assert_eq!(fetch.phase(), Phase::Gone);
+    }
+
+    #[test]
+    fn rtc_timeout_falls_back_to_relay_from_the_same_host() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        fetch.on_tick(secs(2));
+        assert!(drain(&mut fetch).is_empty(), "nothing before the timeout");
+        fetch.on_tick(secs(6));
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::CloseRtc(host(1)), request(true, &[])]
+        );
+        fetch.on_routed(host(1), secs(6));
+        assert_eq!(fetch.phase(), Phase::Relaying(host(1)));
+        fetch.on_relay_content(std::str::from_utf8(PAGE).unwrap(), secs(6));
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::Delivered {
+                page: PAGE.to_vec(),
+                transport: Transport::Relay,
+                host: Some(host(1)),
+            }]
+        );
+    }
+
+    #[test]
+    fn ice_failure_falls_back_to_relay() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        fetch.on_rtc_failed(2 * MS);
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::CloseRtc(host(1)), request(true, &[])]
+        );
+    }
+
+    #[test]
+    fn wrong_bytes_exclude_the_host_and_ask_another() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        fetch.on_channel_open(MS);
+        let mut forged = PAGE.to_vec();
+        forged[0] ^= 0x20;
+        // The forger claims the right hash in its header.
+        let sender = TransferSender::new(&forged, 5);
+        let header = format!(
+            r#"{{"hash":"{}","size":{}}}"#,
+            PageHash::of(PAGE),
+            forged.len()
+        );
+        fetch.on_channel_text(&header, MS);
+        for chunk in sender.chunks() {
+            fetch.on_channel_binary(&chunk, MS);
+        }
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::CloseRtc(host(1)), request(false, &[host(1)])]
+        );
+        fetch.on_routed(host(2), 2 * MS);
+        fetch.on_channel_open(2 * MS);
+        send_page(&mut fetch, PAGE, 3 * MS);
+        assert!(matches!(
+            drain(&mut fetch).last(),
+            Some(FetchAction::Delivered { host: Some(h), .. }) if *h == host(2)
+        ));
+    }
+
+    #[test]
+    fn wrong_bytes_from_every_host_is_a_failure_not_gone() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        fetch.on_channel_open(MS);
+        fetch.on_channel_text("garbage", MS);
+        drain(&mut fetch);
+        fetch.on_no_hosts();
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::Failed(FetchFailure::WrongBytesFromEveryHost {
+                bad_hosts: 1
+            })]
+        );
+    }
+
+    #[test]
+    fn host_vanishing_mid_transfer_is_replaced() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        fetch.on_channel_open(MS);
+        let sender = TransferSender::new(PAGE, 5);
+        fetch.on_channel_text(&sender.header(), MS);
+        fetch.on_channel_binary(&sender.chunks().next().unwrap(), MS);
+        assert_eq!(fetch.progress(), Some((1, PAGE.len())));
+        fetch.on_rtc_failed(2 * MS);
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::CloseRtc(host(1)), request(false, &[host(1)])]
+        );
+    }
+
+    #[test]
+    fn a_stalled_transfer_times_out_but_a_flowing_one_does_not() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), Duration::ZERO);
+        fetch.on_channel_open(Duration::ZERO);
+        let sender = TransferSender::new(PAGE, 5);
+        fetch.on_channel_text(&sender.header(), secs(4));
+        fetch.on_tick(secs(8));
+        assert!(
+            drain(&mut fetch).is_empty(),
+            "a message renews the stall timer"
+        );
+        fetch.on_tick(secs(9));
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::CloseRtc(host(1)), request(false, &[host(1)])]
+        );
+    }
+
+    #[test]
+    fn relay_timeout_excludes_the_silent_host() {
+        let config = FetchConfig {
+            webrtc: false,
+            ..FetchConfig::default()
+        };
+        let mut fetch = Fetch::new(PageHash::of(PAGE), config, Duration::ZERO);
+        assert_eq!(drain(&mut fetch), [request(true, &[])]);
+        fetch.on_routed(host(1), Duration::ZERO);
+        fetch.on_tick(secs(5));
+        assert_eq!(drain(&mut fetch), [request(true, &[host(1)])]);
+        fetch.on_no_hosts();
+        assert_eq!(drain(&mut fetch), [FetchAction::Gone]);
+    }
+
+    #[test]
+    fn relayed_content_is_verified() {
+        let config = FetchConfig {
+            webrtc: false,
+            ..FetchConfig::default()
+        };
+        let mut fetch = Fetch::new(PageHash::of(PAGE), config, Duration::ZERO);
+        drain(&mut fetch);
+        fetch.on_routed(host(1), Duration::ZERO);
+        fetch.on_relay_content("not the page", MS);
+        assert_eq!(drain(&mut fetch), [request(true, &[host(1)])]);
+        assert_eq!(fetch.phase(), Phase::Asking);
+    }
+
+    #[test]
+    fn someone_elses_relay_completes_a_webrtc_fetch() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        fetch.on_relay_content("unrelated", MS);
+        assert!(drain(&mut fetch).is_empty(), "a wrong broadcast is ignored");
+        fetch.on_relay_content(std::str::from_utf8(PAGE).unwrap(), MS);
+        assert_eq!(
+            drain(&mut fetch),
+            [
+                FetchAction::CloseRtc(host(1)),
+                FetchAction::Delivered {
+                    page: PAGE.to_vec(),
+                    transport: Transport::Relay,
+                    host: Some(host(1)),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unanswered_request_is_sent_again_then_given_up() {
+        let config = FetchConfig {
+            max_attempts: 3,
+            ..FetchConfig::default()
+        };
+        let mut fetch = Fetch::new(PageHash::of(PAGE), config, Duration::ZERO);
+        for t in 1..=2 {
+            fetch.on_tick(secs(5 * t));
+        }
+        assert_eq!(drain(&mut fetch).len(), 3);
+        fetch.on_tick(secs(15));
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::Failed(FetchFailure::TooManyAttempts(3))]
+        );
+    }
+
+    #[test]
+    fn messages_from_a_dropped_host_are_ignored() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        fetch.on_channel_open(MS);
+        fetch.on_rtc_failed(MS);
+        drain(&mut fetch);
+        send_page(&mut fetch, PAGE, MS);
+        fetch.on_channel_open(MS);
+        assert!(drain(&mut fetch).is_empty());
+        assert_eq!(fetch.phase(), Phase::Asking);
+    }
+
+    #[test]
+    fn a_reconnect_asks_again() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        fetch.on_reconnected(secs(1));
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::CloseRtc(host(1)), request(false, &[])]
+        );
+    }
+}

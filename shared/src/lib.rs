@@ -1,0 +1,38 @@
+//! Ephemeral's protocol and logic, written once and shared by the server,
+//! the browser client (wasm32) and the native peer. Pure and sans-IO: no
+//! sockets, no clocks, no randomness of its own — time and random numbers
+//! are inputs, so every path is tested faster than real time.
+//!
+//! ```text
+//!   browser (web-client) ─┐                      ┌─ signal-server
+//!   native  (peer)       ─┼── ephemeral-shared ──┤   (routing, selection,
+//!                         │   frames, topics,    │    counts, limits)
+//!                         └── transfer, fetch    └─
+//! ```
+//!
+//! - [`hash`]: page addresses, SHA-256 of the UTF-8 bytes.
+//! - [`topic`]: `have:<h>` / `want:<h>`.
+//! - [`frame`]: Phoenix Channels V2 JSON frames, parsed with exact errors.
+//! - [`protocol`]: typed payloads of every event, peer ids, error reasons.
+//! - [`selection`]: which host serves a request (uniform, or the seed's
+//!   coin flip).
+//! - [`rate`]: the per-socket token bucket.
+//! - [`transfer`]: a page over a data channel: header, chunks, verification.
+//! - [`fetch`]: the visitor's state machine, WebRTC first, relay fallback.
+//! - [`host`]: the host's choice between offering a channel and relaying.
+
+pub mod fetch;
+pub mod frame;
+pub mod hash;
+pub mod host;
+pub mod protocol;
+pub mod rate;
+pub mod selection;
+pub mod topic;
+pub mod transfer;
+
+pub use fetch::{Fetch, FetchAction, FetchConfig, FetchFailure, Phase, Transport};
+pub use frame::{Frame, FrameError};
+pub use hash::PageHash;
+pub use protocol::PeerId;
+pub use topic::{Role, Topic};
