@@ -157,11 +157,22 @@ impl Frame {
         self.reply("ok", to_object(response))
     }
 
-    /// An error reply to this frame, with a reason a person can read.
+    /// An error reply to this frame. `reason` is a stable code clients can
+    /// match on.
     pub fn reply_error(&self, reason: &str) -> Frame {
         let mut response = Map::new();
         response.insert("reason".into(), Value::String(reason.into()));
         self.reply("error", response)
+    }
+
+    /// An error reply with a stable `reason` code and a `detail` a person
+    /// can read.
+    pub fn reply_error_detail(&self, reason: &str, detail: &str) -> Frame {
+        let mut reply = self.reply_error(reason);
+        if let Some(Value::Object(response)) = reply.payload.get_mut("response") {
+            response.insert("detail".into(), Value::String(detail.into()));
+        }
+        reply
     }
 
     fn reply(&self, status: &str, response: Map<String, Value>) -> Frame {

@@ -189,21 +189,9 @@ pub struct SignalFrom {
     pub body: SignalBody,
 }
 
-/// Reasons the server gives in error replies. Stable strings: clients match
-/// on them.
-pub mod reason {
-    pub const NO_HOSTS: &str = "no_hosts";
-    pub const UNKNOWN_TOPIC: &str = "unknown_topic";
-    pub const NOT_JOINED: &str = "not_joined";
-    pub const ALREADY_JOINED: &str = "already_joined";
-    pub const TOO_MANY_TOPICS: &str = "too_many_topics";
-    pub const UNKNOWN_EVENT: &str = "unknown_event";
-    pub const BAD_PAYLOAD: &str = "bad_payload";
-    pub const HASH_MISMATCH: &str = "hash_mismatch";
-    pub const PAGE_TOO_LARGE: &str = "page_too_large";
-    pub const UNKNOWN_PEER: &str = "unknown_peer";
-    pub const RATE_LIMITED: &str = "rate_limited";
-}
+/// The error reason of a `content_request` no host can serve. (The other
+/// error reasons the server gives are listed in its metrics module.)
+pub const NO_HOSTS: &str = "no_hosts";
 
 #[cfg(test)]
 mod tests {
