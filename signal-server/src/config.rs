@@ -87,12 +87,20 @@ pub struct Config {
 
     /// Origins allowed to open a websocket (repeatable, e.g.
     /// `https://pages.example`). None given: any origin.
-    #[arg(long = "allowed-origin", env = "EPHEMERAL_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "EPHEMERAL_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
 
     /// STUN/TURN server handed to every client (repeatable):
     /// `stun:host:port` or `turn:user:pass@host:port`.
-    #[arg(long = "ice-server", env = "EPHEMERAL_ICE_SERVERS", value_delimiter = ',')]
+    #[arg(
+        long = "ice-server",
+        env = "EPHEMERAL_ICE_SERVERS",
+        value_delimiter = ','
+    )]
     pub ice_servers: Vec<IceServer>,
 
     /// Log filter, e.g. `info` or `signal_server=debug`.

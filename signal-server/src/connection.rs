@@ -92,7 +92,10 @@ pub async fn serve(mut socket: WebSocket, state: Arc<AppState>, _permit: OwnedSe
         }
     };
     if let Some((code, reason)) = close {
-        let frame = CloseFrame { code, reason: reason.into() };
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
         let _ = socket.send(Message::Close(Some(frame))).await;
     }
     session.leave_all();
@@ -101,7 +104,10 @@ pub async fn serve(mut socket: WebSocket, state: Arc<AppState>, _permit: OwnedSe
 }
 
 /// What to close with after a read error; oversize messages get 1009.
-fn read_error(error: &axum::Error, metrics: &crate::metrics::Metrics) -> Option<(u16, &'static str)> {
+fn read_error(
+    error: &axum::Error,
+    metrics: &crate::metrics::Metrics,
+) -> Option<(u16, &'static str)> {
     use std::error::Error as _;
     let capacity = error
         .source()
@@ -118,7 +124,11 @@ fn read_error(error: &axum::Error, metrics: &crate::metrics::Metrics) -> Option<
 
 async fn send_all(socket: &mut WebSocket, frames: Vec<Frame>) -> bool {
     for frame in frames {
-        if socket.send(Message::Text(frame.encode().into())).await.is_err() {
+        if socket
+            .send(Message::Text(frame.encode().into()))
+            .await
+            .is_err()
+        {
             return false;
         }
     }
@@ -143,8 +153,11 @@ struct Session {
 impl Session {
     fn new(conn: Arc<Conn>, state: Arc<AppState>) -> Self {
         let config = &state.config;
-        let limiter =
-            RateLimiter::new(config.messages_per_second, config.message_burst, Duration::ZERO);
+        let limiter = RateLimiter::new(
+            config.messages_per_second,
+            config.message_burst,
+            Duration::ZERO,
+        );
         Self {
             conn,
             state,
@@ -211,7 +224,10 @@ impl Session {
             };
         }
         let topic: Topic = frame.topic.parse().map_err(|e| {
-            (Rejection::UnknownTopic, format!("{e}; got {:?}", truncate(&frame.topic)))
+            (
+                Rejection::UnknownTopic,
+                format!("{e}; got {:?}", truncate(&frame.topic)),
+            )
         })?;
         match frame.event.as_str() {
             event::JOIN => self.join(frame, topic),
@@ -228,12 +244,18 @@ impl Session {
                 self.require_joined(topic)?;
                 self.signal(frame, topic)
             }
-            other => Err(unknown_event(other, "phx_join, phx_leave, content_request, content, signal")),
+            other => Err(unknown_event(
+                other,
+                "phx_join, phx_leave, content_request, content, signal",
+            )),
         }
     }
 
     fn join_ref(&self, topic: Topic) -> Option<&Option<String>> {
-        self.joined.iter().find(|(t, _)| *t == topic).map(|(_, join_ref)| join_ref)
+        self.joined
+            .iter()
+            .find(|(t, _)| *t == topic)
+            .map(|(_, join_ref)| join_ref)
     }
 
     fn require_joined(&self, topic: Topic) -> Result<(), Refusal> {
@@ -257,10 +279,16 @@ impl Session {
         }
         let max = self.state.config.max_topics_per_socket;
         if self.joined.len() >= max {
-            return Err((Rejection::TooManyTopics, format!("at most {max} topics per socket")));
+            return Err((
+                Rejection::TooManyTopics,
+                format!("at most {max} topics per socket"),
+            ));
         }
         self.joined.push((topic, frame.join_ref.clone()));
-        let member = Member { conn: self.conn.clone(), join_ref: frame.join_ref.clone() };
+        let member = Member {
+            conn: self.conn.clone(),
+            join_ref: frame.join_ref.clone(),
+        };
         let counts = self.state.registry.join(topic, member);
         let reply = JoinReply {
             peer_id: self.peer(),
@@ -288,8 +316,9 @@ impl Session {
     }
 
     fn content_request(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
-        let request: ContentRequest =
-            frame.payload_as().map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+        let request: ContentRequest = frame
+            .payload_as()
+            .map_err(|e| (Rejection::BadPayload, e.to_string()))?;
         let selection = self.state.config.selection;
         let registry = &self.state.registry;
         let (hosts, eligible) =
@@ -301,7 +330,10 @@ impl Session {
         }
         let have = topic.opposite().to_string();
         for host in &hosts {
-            let push = HostRequest { from: self.peer(), relay: request.relay };
+            let push = HostRequest {
+                from: self.peer(),
+                relay: request.relay,
+            };
             let text = Frame::with_payload(
                 host.join_ref.clone(),
                 None,
@@ -314,7 +346,9 @@ impl Session {
             metrics.requests_routed.fetch_add(1, Ordering::Relaxed);
         }
         let reply = match (selection, hosts.first()) {
-            (Selection::Uniform, Some(host)) => frame.reply_ok(&RequestRouted { host: host.conn.peer }),
+            (Selection::Uniform, Some(host)) => frame.reply_ok(&RequestRouted {
+                host: host.conn.peer,
+            }),
             // The seed told the visitor nothing; say how many coins came up.
             _ => frame.reply_ok(&json!({ "routed": hosts.len() })),
         };
@@ -322,8 +356,9 @@ impl Session {
     }
 
     fn content(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
-        let Content { content } =
-            frame.payload_as().map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+        let Content { content } = frame
+            .payload_as()
+            .map_err(|e| (Rejection::BadPayload, e.to_string()))?;
         let max = self.state.config.max_page_bytes;
         if content.len() > max {
             let detail = format!("page is {} bytes, the limit is {max}", content.len());
@@ -336,28 +371,39 @@ impl Session {
         let page_bytes = content.len() as u64;
         let want = Topic::want(topic.hash);
         let wanters = self.state.registry.members(want);
-        let text: Utf8Bytes =
-            Frame::with_payload(None, None, want.to_string(), event::CONTENT, &Content { content })
-                .encode()
-                .into();
+        let text: Utf8Bytes = Frame::with_payload(
+            None,
+            None,
+            want.to_string(),
+            event::CONTENT,
+            &Content { content },
+        )
+        .encode()
+        .into();
         let metrics = &self.state.metrics;
         for wanter in &wanters {
             if wanter.conn.deliver(text.clone(), metrics) {
-                metrics.relayed_bytes.fetch_add(page_bytes, Ordering::Relaxed);
+                metrics
+                    .relayed_bytes
+                    .fetch_add(page_bytes, Ordering::Relaxed);
             }
         }
         Ok(vec![frame.reply_ok(&json!({ "delivered": wanters.len() }))])
     }
 
     fn signal(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
-        let SignalTo { to, body } =
-            frame.payload_as().map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+        let SignalTo { to, body } = frame
+            .payload_as()
+            .map_err(|e| (Rejection::BadPayload, e.to_string()))?;
         let other_side = topic.opposite();
         let Some(target) = self.state.registry.member(other_side, to) else {
             let detail = format!("peer {to} is not on {other_side}");
             return Err((Rejection::UnknownPeer, detail));
         };
-        let forwarded = SignalFrom { from: self.peer(), body };
+        let forwarded = SignalFrom {
+            from: self.peer(),
+            body,
+        };
         let text = Frame::with_payload(
             target.join_ref.clone(),
             None,
@@ -367,7 +413,10 @@ impl Session {
         )
         .encode();
         target.conn.deliver(text.into(), &self.state.metrics);
-        self.state.metrics.signals_relayed.fetch_add(1, Ordering::Relaxed);
+        self.state
+            .metrics
+            .signals_relayed
+            .fetch_add(1, Ordering::Relaxed);
         Ok(vec![frame.reply_ok(&json!({}))])
     }
 
@@ -380,7 +429,10 @@ impl Session {
 }
 
 fn unknown_event(event: &str, expected: &str) -> Refusal {
-    (Rejection::UnknownEvent, format!("unknown event {:?}; expected {expected}", truncate(event)))
+    (
+        Rejection::UnknownEvent,
+        format!("unknown event {:?}; expected {expected}", truncate(event)),
+    )
 }
 
 /// Echoes at most 80 characters of client input back in errors.

@@ -90,7 +90,10 @@ impl RunningServer {
             let _ = (&mut self.serve_task).await;
             while self.connections_done.recv().await.is_some() {}
         };
-        if tokio::time::timeout(Duration::from_secs(5), wait).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after 5 s; stopping anyway");
             self.serve_task.abort();
         }
@@ -119,7 +122,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let counts_shutdown = shutdown_rx.clone();
     tokio::spawn(async move {
         let interval = counts_state.config.count_interval();
-        counts_state.registry.broadcast_counts(interval, counts_shutdown).await;
+        counts_state
+            .registry
+            .broadcast_counts(interval, counts_shutdown)
+            .await;
     });
 
     let app = router(state);

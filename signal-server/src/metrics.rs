@@ -105,8 +105,16 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         let gauges = [
-            ("ephemeral_connections", "Open websocket connections.", &self.connections),
-            ("ephemeral_topics", "Topic memberships across all sockets.", &self.topics),
+            (
+                "ephemeral_connections",
+                "Open websocket connections.",
+                &self.connections,
+            ),
+            (
+                "ephemeral_topics",
+                "Topic memberships across all sockets.",
+                &self.topics,
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -144,9 +152,17 @@ impl Metrics {
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
         let name = "ephemeral_rejected_total";
-        let _ = writeln!(out, "# HELP {name} Inputs refused, by reason.\n# TYPE {name} counter");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Inputs refused, by reason.\n# TYPE {name} counter"
+        );
         for why in Rejection::ALL {
-            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", why.as_str(), self.rejected(why));
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{}\"}} {}",
+                why.as_str(),
+                self.rejected(why)
+            );
         }
         out
     }

@@ -40,7 +40,14 @@ pub struct Conn {
 impl Conn {
     pub fn new(peer: PeerId, queue: usize) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        (Arc::new(Self { peer, tx, kill: Notify::new() }), rx)
+        (
+            Arc::new(Self {
+                peer,
+                tx,
+                kill: Notify::new(),
+            }),
+            rx,
+        )
     }
 
     /// Queues a message; a full queue means the peer is not reading, and it
@@ -81,7 +88,10 @@ impl Page {
     }
 
     fn counts(&self) -> VisitorsCount {
-        VisitorsCount { count: self.hosts.len(), waiting: self.wanters.len() }
+        VisitorsCount {
+            count: self.hosts.len(),
+            waiting: self.wanters.len(),
+        }
     }
 }
 
@@ -107,7 +117,9 @@ impl Registry {
     fn pages(&self) -> MutexGuard<'_, HashMap<PageHash, Page>> {
         // A panic while holding the lock cannot leave the map half-updated
         // (every update is a single insert or remove), so keep serving.
-        self.pages.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds `member` to `topic` and returns the page's counts.
@@ -145,12 +157,22 @@ impl Registry {
     }
 
     pub fn counts(&self, hash: PageHash) -> VisitorsCount {
-        self.pages().get(&hash).map(Page::counts).unwrap_or(VisitorsCount { count: 0, waiting: 0 })
+        self.pages()
+            .get(&hash)
+            .map(Page::counts)
+            .unwrap_or(VisitorsCount {
+                count: 0,
+                waiting: 0,
+            })
     }
 
     /// The member `peer` of `topic`, if it is one.
     pub fn member(&self, topic: Topic, peer: PeerId) -> Option<Member> {
-        self.pages().get_mut(&topic.hash)?.side(topic.role).get(&peer).cloned()
+        self.pages()
+            .get_mut(&topic.hash)?
+            .side(topic.role)
+            .get(&peer)
+            .cloned()
     }
 
     /// Every member of `topic`.
@@ -176,15 +198,23 @@ impl Registry {
             return (Vec::new(), 0);
         };
         let hosts: Vec<(&PeerId, &Member)> = page.hosts.iter().collect();
-        let eligible = |(peer, _): &(&PeerId, &Member)| **peer != requester && !exclude.contains(peer);
+        let eligible =
+            |(peer, _): &(&PeerId, &Member)| **peer != requester && !exclude.contains(peer);
         let eligible_count = hosts.iter().filter(|h| eligible(h)).count();
         let mut rng = rand::rng();
         let picked = selection.pick(&hosts, eligible, || rand::Rng::random(&mut rng));
-        (picked.into_iter().map(|i| hosts[i].1.clone()).collect(), eligible_count)
+        (
+            picked.into_iter().map(|i| hosts[i].1.clone()).collect(),
+            eligible_count,
+        )
     }
 
     fn mark_dirty(&self, hash: PageHash) {
-        let newly = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(hash);
+        let newly = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash);
         if newly {
             self.dirty_notify.notify_one();
         }
@@ -201,8 +231,12 @@ impl Registry {
             // Let more changes gather: under churn this is what keeps the
             // cost at one message per member per interval.
             tokio::time::sleep(interval).await;
-            let dirty: Vec<PageHash> =
-                self.dirty.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+            let dirty: Vec<PageHash> = self
+                .dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
             for hash in dirty {
                 self.broadcast_count(hash);
             }
@@ -224,15 +258,27 @@ impl Registry {
             (page.counts(), members)
         };
         let encode = |topic: Topic| -> Utf8Bytes {
-            Frame::with_payload(None, None, topic.to_string(), event::VISITORS_COUNT, &counts)
-                .encode()
-                .into()
+            Frame::with_payload(
+                None,
+                None,
+                topic.to_string(),
+                event::VISITORS_COUNT,
+                &counts,
+            )
+            .encode()
+            .into()
         };
         let have = encode(Topic::have(hash));
         let want = encode(Topic::want(hash));
-        self.metrics.count_broadcasts.fetch_add(2, Ordering::Relaxed);
+        self.metrics
+            .count_broadcasts
+            .fetch_add(2, Ordering::Relaxed);
         for (role, conn) in members {
-            let text = if role == Role::Have { have.clone() } else { want.clone() };
+            let text = if role == Role::Have {
+                have.clone()
+            } else {
+                want.clone()
+            };
             conn.deliver(text, &self.metrics);
         }
     }

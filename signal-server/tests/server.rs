@@ -1,0 +1,684 @@
+//! The real server on a real loopback port, spoken to by real websocket
+//! clients; every assertion is on frames or bytes a client receives.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ephemeral_shared::selection::Selection;
+use serde_json::{Value, json};
+use signal_server::Config;
+use support::{Client, Ended, http_get, page, server};
+use tokio_tungstenite::tungstenite::Message;
+
+fn reason(response: &Value) -> &str {
+    response["reason"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test]
+async fn join_reply_carries_peer_id_counts_and_ice_servers() {
+    let config = Config {
+        ice_servers: vec!["stun:127.0.0.1:3478".parse().unwrap()],
+        ..Config::default()
+    };
+    let server = server(config).await;
+    let (have, want) = page("hello");
+    let mut host = Client::connect(&server).await;
+    let reply = host.join(&have).await;
+    let peer_id = reply["peer_id"].as_str().unwrap();
+    assert_eq!(peer_id.len(), 32);
+    assert!(peer_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(reply["count"], json!(1));
+    assert_eq!(reply["waiting"], json!(0));
+    assert_eq!(
+        reply["ice_servers"],
+        json!([{"urls": ["stun:127.0.0.1:3478"]}])
+    );
+
+    let mut visitor = Client::connect(&server).await;
+    let reply = visitor.join(&want).await;
+    assert_eq!(
+        (reply["count"].clone(), reply["waiting"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_ne!(
+        reply["peer_id"].as_str().unwrap(),
+        peer_id,
+        "ids are per socket"
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_leave_and_close() {
+    let server = server(Config::default()).await;
+    let mut client = Client::connect(&server).await;
+    let (status, response) = client.call("phoenix", "heartbeat", json!({})).await;
+    assert_eq!((status.as_str(), response), ("ok", json!({})));
+
+    let (have, _) = page("x");
+    client.join(&have).await;
+    let leave_ref = client.push(&have, "phx_leave", json!({})).await;
+    let (status, _) = client.reply(&leave_ref).await;
+    assert_eq!(status, "ok");
+    let close = client.expect(|f| f.event == "phx_close").await;
+    assert_eq!(close.topic, have);
+    assert_eq!(
+        close.join_ref, close.msg_ref,
+        "phx_close carries the join ref"
+    );
+    // Left for real: a second leave is refused.
+    let (status, response) = client.call(&have, "phx_leave", json!({})).await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "not_joined")
+    );
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_a_reason_and_the_socket_stays_up() {
+    let config = Config {
+        max_topics_per_socket: 2,
+        ..Config::default()
+    };
+    let server = server(config).await;
+    let mut bystander = Client::connect(&server).await;
+    let (have, want) = page("bad inputs");
+    bystander.join(&have).await;
+
+    let mut client = Client::connect(&server).await;
+    let unparsable = [
+        ("{not json", "malformed_json"),
+        (r#"{"topic":"x"}"#, "wrong_arity"),
+        (r#"["1","1","phoenix","heartbeat"]"#, "wrong_arity"),
+        (r#"[1,"1","phoenix","heartbeat",{}]"#, "malformed_frame"),
+        (r#"["1","1","phoenix","heartbeat",[]]"#, "malformed_frame"),
+    ];
+    for (text, expected) in unparsable {
+        client.send_raw(text).await;
+        let reply = client.expect(|f| f.event == "phx_reply").await;
+        assert_eq!(reply.topic, "phoenix");
+        let (status, response) = reply.as_reply().unwrap();
+        assert_eq!(status, "error");
+        assert_eq!(response["reason"], json!(expected), "{text}");
+        assert!(response["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    client.send_message(Message::binary(vec![1, 2, 3])).await;
+    let reply = client.expect(|f| f.event == "phx_reply").await;
+    assert_eq!(reply.as_reply().unwrap().1["reason"], json!("binary_frame"));
+
+    let bad_hash = format!("want:{}", "A".repeat(64));
+    let hash = &have["have:".len()..];
+    let cases: Vec<(String, &str, Value, &str)> = vec![
+        ("room:lobby".into(), "phx_join", json!({}), "unknown_topic"),
+        (bad_hash, "phx_join", json!({}), "unknown_topic"),
+        ("want:abc".into(), "phx_join", json!({}), "unknown_topic"),
+        (want.clone(), "content_request", json!({}), "not_joined"),
+        (want.clone(), "signal", json!({}), "not_joined"),
+        ("phoenix".into(), "dance", json!({}), "unknown_event"),
+        (want.clone(), "dance", json!({}), "unknown_event"),
+        (have.clone(), "content_request", json!({}), "unknown_event"),
+        (
+            format!("want:{hash}"),
+            "content",
+            json!({"content": "x"}),
+            "unknown_event",
+        ),
+    ];
+    for (topic, event, payload, expected) in cases {
+        let (status, response) = client.call(&topic, event, payload).await;
+        assert_eq!(
+            (status.as_str(), reason(&response)),
+            ("error", expected),
+            "{topic} {event}"
+        );
+    }
+
+    client.join(&want).await;
+    let (status, response) = client.call(&want, "phx_join", json!({})).await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "already_joined")
+    );
+    let (status, response) = client
+        .call(&want, "content_request", json!({"relay": 3}))
+        .await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "bad_payload")
+    );
+    assert!(
+        response["detail"]
+            .as_str()
+            .unwrap()
+            .contains("content_request")
+    );
+    let (status, response) = client.call(&want, "signal", json!({"to": "nobody"})).await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "bad_payload")
+    );
+
+    let (other_have, other_want) = page("other");
+    client.join(&other_have).await;
+    let (status, response) = client.call(&other_want, "phx_join", json!({})).await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "too_many_topics")
+    );
+
+    // After all that, both sockets still work.
+    let (status, _) = client.call("phoenix", "heartbeat", json!({})).await;
+    assert_eq!(status, "ok");
+    let (status, _) = bystander.call("phoenix", "heartbeat", json!({})).await;
+    assert_eq!(status, "ok");
+
+    let (_, _, metrics) = http_get(&server, "/metrics").await;
+    for reason in [
+        "malformed_json",
+        "unknown_topic",
+        "not_joined",
+        "bad_payload",
+    ] {
+        let zero = format!("ephemeral_rejected_total{{reason=\"{reason}\"}} 0\n");
+        assert!(metrics.contains(&format!("reason=\"{reason}\"")) && !metrics.contains(&zero));
+    }
+}
+
+#[tokio::test]
+async fn a_request_goes_to_one_host_who_learns_the_visitor() {
+    let server = server(Config::default()).await;
+    let (have, want) = page("routed");
+    let mut visitor = Client::connect(&server).await;
+    let visitor_id = visitor.peer_id(&want).await;
+
+    let (status, response) = visitor.call(&want, "content_request", json!({})).await;
+    assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
+
+    let mut host = Client::connect(&server).await;
+    let host_id = host.peer_id(&have).await;
+    let (status, response) = visitor
+        .call(&want, "content_request", json!({"relay": true}))
+        .await;
+    assert_eq!(status, "ok");
+    assert_eq!(response, json!({"host": host_id}));
+    let request = host.expect(|f| f.event == "content_request").await;
+    assert_eq!(request.topic, have);
+    assert_eq!(
+        Value::Object(request.payload),
+        json!({"from": visitor_id, "relay": true})
+    );
+    assert!(
+        request.join_ref.is_some(),
+        "a direct push carries the host's join ref"
+    );
+
+    // Excluding the only host leaves nobody.
+    let (status, response) = visitor
+        .call(&want, "content_request", json!({"exclude": [host_id]}))
+        .await;
+    assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
+    let (_, _, metrics) = http_get(&server, "/metrics").await;
+    assert!(
+        metrics.contains("ephemeral_requests_routed_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ephemeral_requests_no_host_total 2\n"),
+        "{metrics}"
+    );
+}
+
+async fn hosts(
+    server: &signal_server::RunningServer,
+    have: &str,
+    n: usize,
+) -> Vec<(String, Client)> {
+    let mut hosts = Vec::new();
+    for _ in 0..n {
+        let mut host = Client::connect(server).await;
+        let id = host.peer_id(have).await;
+        hosts.push((id, host));
+    }
+    hosts
+}
+
+/// Sends `rounds` requests and returns, per host id, how many it received,
+/// plus the reply of each request.
+async fn run_requests(
+    visitor: &mut Client,
+    want: &str,
+    hosts: &mut [(String, Client)],
+    rounds: usize,
+    payload: Value,
+) -> (HashMap<String, usize>, Vec<Value>) {
+    let mut replies = Vec::new();
+    for _ in 0..rounds {
+        let (status, response) = visitor.call(want, "content_request", payload.clone()).await;
+        assert_eq!(status, "ok", "{response}");
+        replies.push(response);
+    }
+    // A final heartbeat round trip on each host: every push sent before it
+    // has arrived once its reply has.
+    let mut received = HashMap::new();
+    for (id, host) in hosts.iter_mut() {
+        let (status, _) = host.call("phoenix", "heartbeat", json!({})).await;
+        assert_eq!(status, "ok");
+        let mut n = 0;
+        while host
+            .expect_within(Duration::ZERO, &|f| f.event == "content_request")
+            .await
+            .is_some()
+        {
+            n += 1;
+        }
+        received.insert(id.clone(), n);
+    }
+    (received, replies)
+}
+
+#[tokio::test]
+async fn uniform_selection_answers_each_request_exactly_once_and_evenly() {
+    let config = Config {
+        messages_per_second: 100_000,
+        message_burst: 100_000,
+        ..Config::default()
+    };
+    let server = server(config).await;
+    let (have, want) = page("uniform");
+    let mut hosts = hosts(&server, &have, 4).await;
+    let mut visitor = Client::connect(&server).await;
+    visitor.join(&want).await;
+    let rounds = 2000;
+    let (received, replies) =
+        run_requests(&mut visitor, &want, &mut hosts, rounds, json!({})).await;
+
+    assert_eq!(
+        received.values().sum::<usize>(),
+        rounds,
+        "each request reached exactly one host"
+    );
+    let mut named: HashMap<String, usize> = HashMap::new();
+    for reply in &replies {
+        *named
+            .entry(reply["host"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        named, received,
+        "the reply names the host that got the request"
+    );
+    let expected = rounds as f64 / 4.0;
+    let chi2: f64 = received
+        .values()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
+    // 3 degrees of freedom: p = 0.001 at 16.27. A picker that favours one
+    // host by even 10% lands far above it at 2000 requests.
+    assert!(chi2 < 16.27, "chi-square {chi2}: {received:?}");
+
+    // Exclusions are honoured.
+    let excluded: Vec<String> = hosts.iter().take(3).map(|(id, _)| id.clone()).collect();
+    let (received, _) = run_requests(
+        &mut visitor,
+        &want,
+        &mut hosts,
+        50,
+        json!({"exclude": excluded}),
+    )
+    .await;
+    assert_eq!(received[&hosts[3].0], 50);
+    assert_eq!(received.values().sum::<usize>(), 50);
+}
+
+#[tokio::test]
+async fn coin_flip_mode_behaves_like_the_seed() {
+    let config = Config {
+        selection: Selection::CoinFlip,
+        messages_per_second: 100_000,
+        message_burst: 100_000,
+        ..Config::default()
+    };
+    let server = server(config).await;
+    let (have, want) = page("coin flip");
+    let mut hosts = hosts(&server, &have, 2).await;
+    let mut visitor = Client::connect(&server).await;
+    visitor.join(&want).await;
+    let rounds = 400;
+    let (received, replies) =
+        run_requests(&mut visitor, &want, &mut hosts, rounds, json!({})).await;
+    let routed: Vec<u64> = replies
+        .iter()
+        .map(|r| r["routed"].as_u64().unwrap())
+        .collect();
+    let unanswered = routed.iter().filter(|&&n| n == 0).count();
+    let doubled = routed.iter().filter(|&&n| n == 2).count();
+    // Expected a quarter each at n = 2; a uniform picker would give zero.
+    assert!((60..140).contains(&unanswered), "{unanswered} unanswered");
+    assert!((60..140).contains(&doubled), "{doubled} answered twice");
+    assert_eq!(
+        received.values().sum::<usize>() as u64,
+        routed.iter().sum::<u64>()
+    );
+}
+
+#[tokio::test]
+async fn relayed_content_is_checked_then_broadcast() {
+    let config = Config {
+        max_page_bytes: 64,
+        ..Config::default()
+    };
+    let server = server(config).await;
+    let text = "a relayed page ✓ 👋🏽";
+    let (have, want) = page(text);
+    let mut host = Client::connect(&server).await;
+    host.join(&have).await;
+    let mut visitors = Vec::new();
+    for _ in 0..2 {
+        let mut visitor = Client::connect(&server).await;
+        visitor.join(&want).await;
+        visitors.push(visitor);
+    }
+
+    let (status, response) = host
+        .call(&have, "content", json!({"content": "forged"}))
+        .await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "hash_mismatch")
+    );
+    let (status, response) = host
+        .call(&have, "content", json!({"content": "x".repeat(65)}))
+        .await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "page_too_large")
+    );
+    let (status, response) = host.call(&have, "content", json!({"text": text})).await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "bad_payload")
+    );
+
+    let (status, response) = host.call(&have, "content", json!({"content": text})).await;
+    assert_eq!((status.as_str(), response), ("ok", json!({"delivered": 2})));
+    for visitor in &mut visitors {
+        let content = visitor.expect(|f| f.event == "content").await;
+        assert_eq!(content.topic, want);
+        assert_eq!(content.payload["content"], json!(text));
+        // Only the verified page was broadcast.
+        let forged = visitor
+            .expect_within(Duration::from_millis(100), &|f| f.event == "content")
+            .await;
+        assert!(forged.is_none());
+    }
+    let (_, _, metrics) = http_get(&server, "/metrics").await;
+    let bytes = 2 * text.len();
+    assert!(
+        metrics.contains(&format!("ephemeral_relayed_bytes_total {bytes}\n")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn signals_flow_between_sides_of_one_page_with_from_stamped() {
+    let server = server(Config::default()).await;
+    let (have, want) = page("signals");
+    let mut host = Client::connect(&server).await;
+    let host_id = host.peer_id(&have).await;
+    let mut visitor = Client::connect(&server).await;
+    let visitor_id = visitor.peer_id(&want).await;
+    let mut impostor = Client::connect(&server).await;
+    let impostor_id = impostor.peer_id(&want).await;
+
+    let offer = json!({"to": visitor_id, "type": "offer", "sdp": "v=0", "from": impostor_id});
+    let (status, _) = host.call(&have, "signal", offer).await;
+    assert_eq!(status, "ok");
+    let got = visitor.expect(|f| f.event == "signal").await;
+    assert_eq!(got.topic, want);
+    assert_eq!(
+        Value::Object(got.payload),
+        json!({"from": host_id, "type": "offer", "sdp": "v=0"}),
+        "from is the sender's real id, whatever the sender claimed"
+    );
+
+    let candidate = json!({
+        "to": host_id, "type": "candidate",
+        "candidate": "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host",
+        "sdpMid": "0", "sdpMLineIndex": 0
+    });
+    let (status, _) = visitor.call(&want, "signal", candidate).await;
+    assert_eq!(status, "ok");
+    let got = host.expect(|f| f.event == "signal").await;
+    assert_eq!(got.topic, have);
+    assert_eq!(got.payload["from"], json!(visitor_id));
+    assert_eq!(got.payload["sdpMLineIndex"], json!(0));
+
+    // Wanters cannot reach each other, nor anyone on another page.
+    let sideways = json!({"to": impostor_id, "type": "offer", "sdp": "v=0"});
+    let (status, response) = visitor.call(&want, "signal", sideways).await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "unknown_peer")
+    );
+    let (other_have, _) = page("another page");
+    let mut stranger = Client::connect(&server).await;
+    stranger.join(&other_have).await;
+    let across = json!({"to": visitor_id, "type": "answer", "sdp": "v=0"});
+    let (status, response) = stranger.call(&other_have, "signal", across).await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "unknown_peer")
+    );
+    let (status, response) = host
+        .call(&have, "signal", json!({"to": visitor_id, "type": "gossip"}))
+        .await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "bad_payload")
+    );
+    assert!(
+        impostor
+            .expect_within(Duration::from_millis(100), &|f| f.event == "signal")
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn visitor_counts_follow_joins_leaves_and_disconnects() {
+    let server = server(Config::default()).await;
+    let (have, want) = page("counted");
+    let mut visitor = Client::connect(&server).await;
+    visitor.join(&want).await;
+    visitor.expect_count(&want, 0, 1).await;
+
+    let mut first = Client::connect(&server).await;
+    first.join(&have).await;
+    visitor.expect_count(&want, 1, 1).await;
+    first.expect_count(&have, 1, 1).await;
+
+    let mut second = Client::connect(&server).await;
+    second.join(&have).await;
+    visitor.expect_count(&want, 2, 1).await;
+    first.expect_count(&have, 2, 1).await;
+
+    let (status, _) = second.call(&have, "phx_leave", json!({})).await;
+    assert_eq!(status, "ok");
+    visitor.expect_count(&want, 1, 1).await;
+
+    // An abrupt disconnect: the TCP connection just goes away.
+    drop(first);
+    visitor.expect_count(&want, 0, 1).await;
+    let (status, response) = visitor.call(&want, "content_request", json!({})).await;
+    assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
+}
+
+#[tokio::test]
+async fn count_broadcasts_are_coalesced_under_churn() {
+    let config = Config {
+        count_interval_ms: 200,
+        ..Config::default()
+    };
+    let server = server(config).await;
+    let (have, want) = page("churn");
+    let mut watcher = Client::connect(&server).await;
+    watcher.join(&want).await;
+    let mut joined = Vec::new();
+    for _ in 0..30 {
+        let mut host = Client::connect(&server).await;
+        host.join(&have).await;
+        joined.push(host);
+    }
+    watcher.expect_count(&want, 30, 1).await;
+    let broadcasts = server
+        .metrics()
+        .count_broadcasts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // 31 joins; without coalescing that is 31 broadcasts per topic.
+    assert!(broadcasts <= 2 * 10, "{broadcasts} broadcasts for 31 joins");
+}
+
+#[tokio::test]
+async fn floods_are_refused_then_cut_off() {
+    let config = Config {
+        messages_per_second: 5,
+        message_burst: 10,
+        ..Config::default()
+    };
+    let server = server(config).await;
+    let mut client = Client::connect(&server).await;
+    for _ in 0..15 {
+        client.push("phoenix", "heartbeat", json!({})).await;
+    }
+    let mut limited = 0;
+    for _ in 0..15 {
+        let reply = client.expect(|f| f.event == "phx_reply").await;
+        if reply.as_reply().unwrap().1.get("reason") == Some(&json!("rate_limited")) {
+            limited += 1;
+        }
+    }
+    assert!(
+        (4..=6).contains(&limited),
+        "{limited} of 15 refused at burst 10"
+    );
+    for _ in 0..30 {
+        client.push("phoenix", "heartbeat", json!({})).await;
+    }
+    assert_eq!(
+        client.ended().await,
+        Ended::Closed(Some((1008, "rate limit exceeded".into())))
+    );
+    // Others are unaffected.
+    let mut other = Client::connect(&server).await;
+    let (status, _) = other.call("phoenix", "heartbeat", json!({})).await;
+    assert_eq!(status, "ok");
+}
+
+#[tokio::test]
+async fn oversize_messages_close_with_1009() {
+    let config = Config {
+        max_message_bytes: 1024,
+        max_frame_bytes: 1024,
+        ..Config::default()
+    };
+    let server = server(config).await;
+    let mut client = Client::connect(&server).await;
+    let huge = format!(
+        r#"[null,"1","phoenix","heartbeat",{{"pad":"{}"}}]"#,
+        "x".repeat(2000)
+    );
+    client.send_raw(&huge).await;
+    assert_eq!(
+        client.ended().await,
+        Ended::Closed(Some((1009, "message too big".into())))
+    );
+    let (_, _, metrics) = http_get(&server, "/metrics").await;
+    assert!(metrics.contains("ephemeral_rejected_total{reason=\"oversize_message\"} 1\n"));
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_and_their_topics_freed() {
+    let config = Config {
+        idle_timeout_secs: 1,
+        ..Config::default()
+    };
+    let server = server(config).await;
+    let (have, want) = page("idle");
+    let mut host = Client::connect(&server).await;
+    host.join(&have).await;
+    assert_eq!(
+        host.ended().await,
+        Ended::Closed(Some((1000, "idle timeout: no message or heartbeat".into())))
+    );
+    let mut visitor = Client::connect(&server).await;
+    let reply = visitor.join(&want).await;
+    assert_eq!(reply["count"], json!(0));
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_socket_with_going_away() {
+    let server = server(Config::default()).await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    let (have, _) = page("shutdown");
+    a.join(&have).await;
+    server.shutdown().await;
+    for client in [&mut a, &mut b] {
+        assert_eq!(
+            client.ended().await,
+            Ended::Closed(Some((1001, "server shutting down".into())))
+        );
+    }
+}
+
+#[tokio::test]
+async fn origins_outside_the_allow_list_are_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let config = Config {
+        allowed_origins: vec!["http://good.test".into()],
+        ..Config::default()
+    };
+    let server = server(config).await;
+    for (origin, ok) in [("http://good.test", true), ("http://evil.test", false)] {
+        let mut request = server.websocket_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        let result = tokio_tungstenite::connect_async(request).await;
+        assert_eq!(result.is_ok(), ok, "{origin}");
+    }
+}
+
+#[tokio::test]
+async fn health_metrics_and_pages_over_http() {
+    let server = server(Config::default()).await;
+    let (status, _, body) = http_get(&server, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let mut client = Client::connect(&server).await;
+    let (have, _) = page("metrics");
+    client.join(&have).await;
+    let (status, head, metrics) = http_get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/plain"));
+    assert!(metrics.contains("ephemeral_connections 1\n"), "{metrics}");
+    assert!(metrics.contains("ephemeral_topics 1\n"), "{metrics}");
+
+    let hash = &have["have:".len()..];
+    for path in ["/".to_string(), format!("/{hash}")] {
+        let (status, head, body) = http_get(&server, &path).await;
+        // 200 with the app once the client is built, 503 with a clear
+        // message before; either way HTML under a strict CSP.
+        assert!(status == 200 || status == 503, "{path}: {status}");
+        assert!(head.contains("content-type: text/html"), "{path}");
+        assert!(head.contains(
+            "content-security-policy: default-src 'self'; script-src 'self' 'wasm-unsafe-eval'"
+        ));
+        if status == 503 {
+            assert!(body.contains("cargo xtask build"));
+        }
+    }
+    let (status, _, _) = http_get(&server, "/no-such-file.txt").await;
+    assert_eq!(status, 404);
+}
