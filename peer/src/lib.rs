@@ -1,0 +1,43 @@
+//! Ephemeral's native peer: shares and fetches pages peer to peer over
+//! WebRTC data channels (webrtc-rs), negotiated through the signaling
+//! server, with the server's websocket as the fallback. Used by the CLI
+//! (`src/main.rs`), the headless tests and the benchmarks.
+//!
+//! ```text
+//!        Peer (handle)                       ephemeral-shared
+//!          │ commands                        ┌─────────────────────┐
+//!          ▼                                 │ Fetch (visitor)     │
+//!   peer::Actor ── drives ─────────────────► │ host::Uploads       │
+//!     │      │                               │ transfer framing    │
+//!     │      └─ signaling (websocket,        └─────────────────────┘
+//!     │         Phoenix V2 frames)
+//!     └─ rtc::Session (one RTCPeerConnection per transfer)
+//! ```
+//!
+//! - [`peer`]: [`Peer`], the running peer: hosting, fetching, reconnecting,
+//!   timings and transports of each fetch.
+//! - [`rtc`]: one peer connection and its data channel, tuned for speed.
+//! - [`signaling`]: the raw websocket to the server, frame in, frame out.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ephemeral_peer::{Peer, PeerConfig};
+//! let url = "ws://127.0.0.1:4000/ws/websocket?vsn=2.0.0";
+//! let host = Peer::connect(PeerConfig::new(url)).await?;
+//! let hash = host.share(b"hello".to_vec()).await?;
+//! let visitor = Peer::connect(PeerConfig::new(url)).await?;
+//! let fetched = visitor.fetch(hash).await?;
+//! println!("{} via {} in {:?}", hash, fetched.transport.as_str(), fetched.timings.total);
+//! # Ok(()) }
+//! ```
+
+pub mod peer;
+pub mod rtc;
+pub mod signaling;
+
+pub use ephemeral_shared::{FetchConfig, PageHash, PeerId, Transport};
+pub use peer::{
+    FetchError, FetchOptions, FetchProgress, FetchTimings, Fetched, Peer, PeerConfig, PeerError,
+    PeerStatus, ServedCounters,
+};
+pub use rtc::{RtcSettings, Session, SessionEvent};
