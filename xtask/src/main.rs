@@ -1,0 +1,278 @@
+//! `cargo xtask …`: the commands a new user runs on a fresh machine. Each
+//! installs what it needs and says what it is doing.
+//!
+//! - `build`: the wasm client into `static/pkg/` (wasm32 target,
+//!   wasm-bindgen at the Cargo.lock version, the `wasm-release` size
+//!   profile, wasm-opt when it can be had), then the release server, which
+//!   embeds `static/`.
+//! - `run`: `build`, then the release server on http://localhost:4000
+//!   (extra arguments go to the server).
+//! - `test`: installs the wasm target and Chromium + ChromeDriver when
+//!   missing, builds the wasm client, then `cargo test --workspace`.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// The server's default address; `run` makes it explicit.
+const RUN_BIND: &str = "127.0.0.1:4000";
+/// The npm package that ships wasm-opt; installed under `target/` so the
+/// repository stays clean.
+const BINARYEN_PACKAGE: &str = "binaryen";
+/// Exactly the features rustc enables by default for wasm32 (Rust ≥ 1.87).
+/// `--all-features` would let wasm-opt emit instructions Chromium refuses.
+const WASM_OPT_FEATURES: &[&str] = &[
+    "--enable-bulk-memory",
+    "--enable-mutable-globals",
+    "--enable-nontrapping-float-to-int",
+    "--enable-reference-types",
+    "--enable-multivalue",
+    "--enable-sign-ext",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build") => build(),
+        Some("run") => run(&args[1..]),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask build | run [server flags…] | test [cargo test args…]");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = result {
+        eprintln!("xtask: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> Result<()> {
+    build_client()?;
+    build_server()
+}
+
+fn run(server_args: &[String]) -> Result<()> {
+    build()?;
+    let binary = root().join("target/release/signal-server");
+    step(&format!(
+        "serving on http://localhost:{}",
+        port_of(RUN_BIND)
+    ));
+    let mut command = Command::new(&binary);
+    if !server_args.iter().any(|a| a.starts_with("--bind")) {
+        command.args(["--bind", RUN_BIND]);
+    }
+    command.args(server_args);
+    check(&mut command)
+}
+
+fn test(cargo_args: &[String]) -> Result<()> {
+    ensure_browser()?;
+    build_client()?;
+    step("running every test suite");
+    let mut command = cargo();
+    command.args(["test", "--workspace"]).args(cargo_args);
+    check(&mut command).context("tests failed")
+}
+
+/// Builds the wasm client into `static/pkg/`.
+fn build_client() -> Result<()> {
+    ensure_wasm_target()?;
+    step("building the wasm client (profile wasm-release)");
+    check(cargo().args([
+        "build",
+        "--package",
+        "web-client",
+        "--target",
+        WASM_TARGET,
+        "--profile",
+        "wasm-release",
+    ]))?;
+    let input = root().join(format!("target/{WASM_TARGET}/wasm-release/web_client.wasm"));
+    let out_dir = root().join("static/pkg");
+    step("generating JS bindings (wasm-bindgen)");
+    wasm_bindgen_cli_support::Bindgen::new()
+        .input_path(&input)
+        .out_name("web_client")
+        .web(true)?
+        .typescript(false)
+        .generate(&out_dir)
+        .context("wasm-bindgen failed")?;
+    let wasm = out_dir.join("web_client_bg.wasm");
+    let before = file_size(&wasm)?;
+    match wasm_opt() {
+        Some(wasm_opt) => {
+            step("shrinking with wasm-opt -Oz");
+            let optimized = out_dir.join("web_client_bg.opt.wasm");
+            check(
+                Command::new(wasm_opt)
+                    .arg("-Oz")
+                    .args(WASM_OPT_FEATURES)
+                    .arg(&wasm)
+                    .arg("-o")
+                    .arg(&optimized),
+            )?;
+            std::fs::rename(&optimized, &wasm)?;
+        }
+        None => eprintln!("xtask: wasm-opt unavailable; the client is larger but works"),
+    }
+    let after = file_size(&wasm)?;
+    match gzipped_size(&wasm) {
+        Some(gz) => step(&format!(
+            "client: {after} bytes ({before} before wasm-opt), {gz} gzipped"
+        )),
+        None => step(&format!("client: {after} bytes ({before} before wasm-opt)")),
+    }
+    Ok(())
+}
+
+/// Builds the release server, which embeds `static/`.
+fn build_server() -> Result<()> {
+    // The embedding macro tracks the files it embedded, not the folder: a
+    // file added since the last build (a first client build, say) would be
+    // missed. Touching the module that embeds makes cargo rebuild it.
+    let binary = root().join("target/release/signal-server");
+    let built_at = modified(&binary);
+    if built_at.is_none_or(|built| newest_in(&root().join("static")) > Some(built)) {
+        let assets = root().join("signal-server/src/assets.rs");
+        if let Ok(file) = std::fs::File::options().append(true).open(&assets) {
+            file.set_modified(SystemTime::now())?;
+        }
+    }
+    step("building the release server (embeds static/)");
+    check(cargo().args(["build", "--release", "--package", "signal-server"]))
+}
+
+fn ensure_wasm_target() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup is needed to add the wasm32 target")?;
+    if !installed.lines().any(|line| line.trim() == WASM_TARGET) {
+        step(&format!("installing the {WASM_TARGET} target"));
+        check(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    Ok(())
+}
+
+/// Chromium and ChromeDriver for the browser tests, from the system's
+/// packages.
+fn ensure_browser() -> Result<()> {
+    let present = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .iter()
+        .all(|path| Path::new(path).exists());
+    if present {
+        return Ok(());
+    }
+    step("installing Chromium and ChromeDriver (apt-get)");
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-qq"]);
+    check(&mut update).context("apt-get update failed (the browser tests need Chromium)")?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    check(&mut install).context("installing chromium and chromium-driver failed")
+}
+
+/// wasm-opt from the npm package, installed under `target/` on first use.
+/// `None` when it cannot be had (no npm, no network): the build goes on.
+fn wasm_opt() -> Option<PathBuf> {
+    let prefix = root().join("target/tools");
+    let binary = prefix.join("node_modules/.bin/wasm-opt");
+    if binary.exists() {
+        return Some(binary);
+    }
+    step("installing wasm-opt (npm package binaryen) into target/tools");
+    let installed = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+        .arg(&prefix)
+        .arg(BINARYEN_PACKAGE)
+        .status()
+        .is_ok_and(|status| status.success());
+    (installed && binary.exists()).then_some(binary)
+}
+
+fn gzipped_size(path: &Path) -> Option<u64> {
+    let output = Command::new("gzip").arg("-9c").arg(path).output().ok()?;
+    output
+        .status
+        .success()
+        .then_some(output.stdout.len() as u64)
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+/// The workspace root: xtask lives one level below it.
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn check(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {}", describe(command)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(command));
+    }
+    Ok(())
+}
+
+fn output(command: &mut Command) -> Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("could not start {}", describe(command)))?;
+    if !output.status.success() {
+        bail!("{} failed ({})", describe(command), output.status);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn file_size(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("{} is missing", path.display()))?
+        .len())
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of any file under `dir`.
+fn newest_in(dir: &Path) -> Option<SystemTime> {
+    let mut newest = modified(dir);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_in(&path)
+        } else {
+            modified(&path)
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+fn port_of(bind: &str) -> &str {
+    bind.rsplit_once(':').map_or(bind, |(_, port)| port)
+}
+
+fn step(message: &str) {
+    eprintln!("xtask: {message}");
+}
