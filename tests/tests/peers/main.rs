@@ -8,5 +8,8 @@
 //!   restarts.
 //! - [`cli`]: the `ephemeral-peer` binary end to end.
 
+mod cli;
+mod failures;
+mod fake_host;
 mod harness;
 mod transfer;

@@ -1,0 +1,236 @@
+//! Everything that can go wrong on the way to a page: hosts that lie or
+//! vanish, WebRTC that cannot work, no hosts at all, a server restart.
+
+use std::time::{Duration, Instant};
+
+use ephemeral_peer::{FetchError, Peer, PeerConfig, Transport};
+use ephemeral_shared::{FetchFailure, PageHash};
+
+use crate::fake_host::{FakeHost, Misbehaviour};
+use crate::harness::*;
+
+/// A fake host holds the visitor's first request; an honest host joins;
+/// then the fake misbehaves. The visitor must end up with the right bytes
+/// from the honest host.
+async fn misbehaving_host_is_replaced(misbehaviour: Misbehaviour) {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let config = peer_config(&server);
+    // Several chunks, so "mid-transfer" means something.
+    let page = text_page(300 * 1024, 7);
+    let hash = PageHash::of(&page);
+    let mut fake = FakeHost::start(
+        &server.websocket_url(),
+        config.rtc.clone(),
+        page.clone(),
+        misbehaviour,
+    )
+    .await;
+
+    let visitor = connect(&config).await;
+    let fetch = tokio::spawn(async move {
+        let result = visitor.fetch(hash).await;
+        (visitor, result)
+    });
+    let asked = within("the fake host is asked", fake.asked.recv()).await;
+    assert!(asked.is_some());
+    let (honest, honest_hash) = host(&config, &page).await;
+    assert_eq!(honest_hash, hash);
+    let honest_id = honest.status().borrow().peer_id;
+    fake.go();
+
+    let (_visitor, result) = within("the visitor's fetch", fetch)
+        .await
+        .expect("the fetch task");
+    let fetched = result.expect("the right bytes, from the honest host");
+    assert_eq!(fetched.page, page);
+    assert_eq!(fetched.transport, Transport::WebRtc);
+    assert_eq!(fetched.host, honest_id, "served by the honest host");
+    assert!(fetched.requests >= 2, "asked again after the fake host");
+    assert!(
+        fake.sent.try_recv().is_ok(),
+        "the fake host got to send its bytes"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_are_rejected_and_right_ones_come_from_another_host() {
+    misbehaving_host_is_replaced(Misbehaviour::WrongBytes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_vanishing_mid_transfer_is_replaced() {
+    misbehaving_host_is_replaced(Misbehaviour::VanishMidTransfer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_from_every_host_is_a_clear_failure() {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let config = peer_config(&server);
+    let page = text_page(10_000, 3);
+    let mut fake = FakeHost::start(
+        &server.websocket_url(),
+        config.rtc.clone(),
+        page.clone(),
+        Misbehaviour::WrongBytes,
+    )
+    .await;
+    fake.go();
+    let visitor = connect(&config).await;
+    let result = within("the fetch", visitor.fetch(PageHash::of(&page))).await;
+    assert_eq!(
+        result.map(|f| f.transport),
+        Err(FetchError::Failed(FetchFailure::WrongBytesFromEveryHost {
+            bad_hosts: 1
+        }))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_peers_get_pages_by_relay() {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let config = peer_config(&server);
+    let mut relay_only = config.clone();
+    relay_only.fetch.webrtc = false;
+    let page = "relayed ✓".as_bytes().to_vec();
+
+    // A relay-only visitor asks for relay; a WebRTC host obliges.
+    let (host_peer, hash) = host(&config, &page).await;
+    let visitor = connect(&relay_only).await;
+    let fetched = within("relay-only fetch", visitor.fetch(hash))
+        .await
+        .expect("the page by relay");
+    assert_eq!(fetched.page, page);
+    assert_eq!(fetched.transport, Transport::Relay);
+    assert_eq!(fetched.timings.channel_open, None, "no data channel at all");
+
+    // A relay-only host answers a WebRTC visitor by relay too.
+    host_peer.shutdown().await;
+    visitor.shutdown().await;
+    let (_relay_host, _) = host(&relay_only, &page).await;
+    let webrtc_visitor = connect(&config).await;
+    let fetched = within("fetch from a relay-only host", webrtc_visitor.fetch(hash))
+        .await
+        .expect("the page by relay");
+    assert_eq!(fetched.page, page);
+    assert_eq!(fetched.transport, Transport::Relay);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_that_cannot_connect_falls_back_to_relay() {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let config = peer_config(&server);
+    // The visitor's ICE binds to an address the host cannot reach: TEST-NET
+    // is not on this machine, so its socket fails to bind and no candidate
+    // pair ever forms.
+    let mut blocked = config.clone();
+    blocked.rtc.bind = "192.0.2.1".parse().expect("a literal address");
+    blocked.fetch.rtc_timeout = Duration::from_secs(2);
+    let page = b"through the server".to_vec();
+    let (_host, hash) = host(&config, &page).await;
+    let visitor = connect(&blocked).await;
+    let fetched = within("fetch with ICE blocked", visitor.fetch(hash))
+        .await
+        .expect("the page by relay");
+    assert_eq!(fetched.page, page);
+    assert_eq!(fetched.transport, Transport::Relay);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_hosts_is_gone_promptly() {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let visitor = connect(&peer_config(&server)).await;
+    let started = Instant::now();
+    let result = within("fetching a page nobody has", visitor.fetch(PageHash::of(b"nobody"))).await;
+    assert_eq!(result.map(|f| f.page), Err(FetchError::Gone));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "gone took {:?}",
+        started.elapsed()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_survive_a_server_restart() {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let address = server.local_addr();
+    let config = peer_config(&server);
+    let pages: Vec<Vec<u8>> = (0..3).map(|i| text_page(1000 + i, i as u32)).collect();
+    let mut hosts = Vec::new();
+    for page in &pages {
+        hosts.push(host(&config, page).await.0);
+    }
+    // One peer hosting two pages rejoins both.
+    let both = connect(&config).await;
+    for page in &pages[..2] {
+        within("sharing", both.share(page.clone()))
+            .await
+            .expect("shared");
+    }
+
+    server.shutdown().await;
+    for peer in hosts.iter().chain([&both]) {
+        let mut status = peer.status();
+        within("the host notices", status.wait_for(|s| !s.online))
+            .await
+            .expect("status");
+    }
+    let server = start_server(signal_server::Config {
+        bind: address,
+        ..server_config()
+    })
+    .await;
+    for (peer, topics) in hosts.iter().map(|p| (p, 1)).chain([(&both, 2)]) {
+        let mut status = peer.status();
+        within(
+            "the host rejoins",
+            status.wait_for(|s| s.online && s.connections >= 2 && s.hosting == topics),
+        )
+        .await
+        .expect("status");
+    }
+
+    let visitor = connect(&peer_config(&server)).await;
+    for page in &pages {
+        let fetched = within("fetch after the restart", visitor.fetch(PageHash::of(page)))
+            .await
+            .expect("every page is back");
+        assert_eq!(&fetched.page, page);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_link_reconnects_and_keeps_hosting() {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let config = peer_config(&server);
+    let page = b"still here".to_vec();
+    let (host_peer, hash) = host(&config, &page).await;
+    host_peer.drop_link();
+    let mut status = host_peer.status();
+    within(
+        "reconnected and rejoined",
+        status.wait_for(|s| s.online && s.connections >= 2 && s.hosting == 1),
+    )
+    .await
+    .expect("status");
+    let visitor = Peer::connect(PeerConfig {
+        ..config.clone()
+    })
+    .await
+    .expect("connects");
+    let fetched = within("fetch", visitor.fetch(hash)).await.expect("the page");
+    assert_eq!(fetched.page, page);
+    server.shutdown().await;
+}
