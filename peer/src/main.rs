@@ -26,7 +26,11 @@ use tokio::sync::watch;
 const PROGRESS_FROM_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Parser)]
-#[command(name = "ephemeral-peer", version, about = "Share and get Ephemeral pages, peer to peer")]
+#[command(
+    name = "ephemeral-peer",
+    version,
+    about = "Share and get Ephemeral pages, peer to peer"
+)]
 struct Cli {
     #[command(flatten)]
     options: Options,
@@ -278,7 +282,9 @@ async fn get(
             .with_context(|| format!("writing {}", path.display()))?,
         None => {
             let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&fetched.page).context("writing to stdout")?;
+            stdout
+                .write_all(&fetched.page)
+                .context("writing to stdout")?;
             stdout.flush().context("writing to stdout")?;
         }
     }

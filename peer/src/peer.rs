@@ -24,8 +24,8 @@ use std::time::Duration;
 use ephemeral_shared::frame::event;
 use ephemeral_shared::host::{HostAction, Uploads};
 use ephemeral_shared::protocol::{
-    Content, ContentRequest, HostRequest, IceServer, JoinReply, RequestRouted, SignalBody,
-    NO_HOSTS, SignalFrom, SignalTo, VisitorsCount,
+    Content, ContentRequest, HostRequest, IceServer, JoinReply, NO_HOSTS, RequestRouted,
+    SignalBody, SignalFrom, SignalTo, VisitorsCount,
 };
 use ephemeral_shared::topic::PHOENIX_TOPIC;
 use ephemeral_shared::{

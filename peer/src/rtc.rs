@@ -25,8 +25,8 @@ use tokio::task::JoinHandle;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
 /// The label of the one data channel a session opens.
@@ -195,9 +195,7 @@ impl Session {
         let offer = session.pc.create_offer(None).await?;
         let sdp = offer.sdp.clone();
         session.pc.set_local_description(offer).await?;
-        session
-            .shared
-            .emit_description(SignalBody::Offer { sdp });
+        session.shared.emit_description(SignalBody::Offer { sdp });
         Ok(session)
     }
 
@@ -389,8 +387,8 @@ async fn drain(channel: Arc<dyn DataChannel>, shared: Arc<Shared>) {
             DataChannelEvent::OnOpen => {
                 tracing::debug!("data channel open");
                 shared.emit(SessionEvent::Open {
-                message_size: shared.message_size.load(Ordering::Acquire),
-            })
+                    message_size: shared.message_size.load(Ordering::Acquire),
+                })
             }
             DataChannelEvent::OnMessage(message) if message.is_string => {
                 let text = String::from_utf8_lossy(&message.data).into_owned();

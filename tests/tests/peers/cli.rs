@@ -17,7 +17,14 @@ fn binary() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "-p", "ephemeral-peer", "--bin", "ephemeral-peer"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "ephemeral-peer",
+                    "--bin",
+                    "ephemeral-peer",
+                ])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("cargo runs");

@@ -149,7 +149,11 @@ async fn no_hosts_is_gone_promptly() {
     let server = start_server(server_config()).await;
     let visitor = connect(&peer_config(&server)).await;
     let started = Instant::now();
-    let result = within("fetching a page nobody has", visitor.fetch(PageHash::of(b"nobody"))).await;
+    let result = within(
+        "fetching a page nobody has",
+        visitor.fetch(PageHash::of(b"nobody")),
+    )
+    .await;
     assert_eq!(result.map(|f| f.page), Err(FetchError::Gone));
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -225,12 +229,12 @@ async fn a_dropped_link_reconnects_and_keeps_hosting() {
     )
     .await
     .expect("status");
-    let visitor = Peer::connect(PeerConfig {
-        ..config.clone()
-    })
-    .await
-    .expect("connects");
-    let fetched = within("fetch", visitor.fetch(hash)).await.expect("the page");
+    let visitor = Peer::connect(PeerConfig { ..config.clone() })
+        .await
+        .expect("connects");
+    let fetched = within("fetch", visitor.fetch(hash))
+        .await
+        .expect("the page");
     assert_eq!(fetched.page, page);
     server.shutdown().await;
 }

@@ -80,7 +80,10 @@ async fn many_visitors_at_once_are_all_served_and_the_load_spreads() {
         *by_host.entry(fetched.host).or_default() += 1;
     }
     let busiest = by_host.values().copied().max().unwrap_or(0);
-    eprintln!("wave 2: {} hosts served, busiest served {busiest}", by_host.len());
+    eprintln!(
+        "wave 2: {} hosts served, busiest served {busiest}",
+        by_host.len()
+    );
     assert!(by_host.len() >= 3, "wave 2 spread over hosts: {by_host:?}");
     assert!(busiest <= 6, "no host took most of wave 2: {by_host:?}");
     drop(wave1);
@@ -158,10 +161,18 @@ async fn a_unicode_page_has_the_sha256sum_address_and_arrives_intact() {
         .expect("sha256sum runs");
     let _ = std::fs::remove_file(&file);
     let sum = String::from_utf8_lossy(&output.stdout);
-    let sum = sum.split_whitespace().next().unwrap_or_default().to_string();
+    let sum = sum
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
 
     let (_host, hash) = host(&config, &page).await;
-    assert_eq!(hash.to_string(), sum, "the address is sha256sum of the UTF-8 bytes");
+    assert_eq!(
+        hash.to_string(),
+        sum,
+        "the address is sha256sum of the UTF-8 bytes"
+    );
     let visitor = connect(&config).await;
     let fetched = within("unicode fetch", visitor.fetch(hash))
         .await
