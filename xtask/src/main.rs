@@ -100,6 +100,9 @@ fn build_client() -> Result<()> {
         .input_path(&input)
         .out_name("web_client")
         .web(true)?
+        // The loader calls `init()` with no argument: the glue must find the
+        // wasm next to itself.
+        .omit_default_module_path(false)
         .typescript(false)
         .generate(&out_dir)
         .context("wasm-bindgen failed")?;

@@ -1,0 +1,357 @@
+//! What every browser test needs: the real server in-process on a free
+//! loopback port serving the built `static/`, ChromeDriver on a free
+//! loopback port, headless Chromium sessions each with a fresh profile, a
+//! snapshot of the page's test hooks, and a bound on every wait.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, MutexGuard};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A wait that takes longer than this is a failure, not a stuck run.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Chromium is heavy and the machine has two cores: one browser test at a
+/// time keeps timings honest.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// A test's world: the server, the driver, and the exclusive turn.
+pub struct World {
+    pub server: signal_server::RunningServer,
+    pub base: String,
+    driver: Driver,
+    profiles: Vec<PathBuf>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl World {
+    /// Starts the server and ChromeDriver. Fails with a clear message if the
+    /// wasm client or the browser is missing.
+    pub async fn start() -> World {
+        Self::start_with(signal_server::Config::default()).await
+    }
+
+    pub async fn start_with(config: signal_server::Config) -> World {
+        let turn = ONE_AT_A_TIME.lock().await;
+        require_client_built();
+        for binary in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(binary).exists(),
+                "{binary} is missing: install Chromium with `cargo xtask test` \
+                 (or `apt-get install chromium chromium-driver`)"
+            );
+        }
+        let config = signal_server::Config {
+            bind: "127.0.0.1:0".parse().expect("a literal address"),
+            ..config
+        };
+        let server = signal_server::start(config)
+            .await
+            .expect("the signaling server starts");
+        let base = format!("http://{}", server.local_addr());
+        let driver = Driver::start().await;
+        World {
+            server,
+            base,
+            driver,
+            profiles: Vec::new(),
+            _turn: turn,
+        }
+    }
+
+    /// A new headless Chromium with its own fresh profile: a separate
+    /// visitor, sharing nothing with the others.
+    pub async fn browser(&mut self) -> Browser {
+        let profile = fresh_profile();
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1100,900",
+            // Real host addresses in ICE candidates instead of mDNS names,
+            // so two browsers on one machine can reach each other.
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            &format!("--user-data-dir={}", profile.display()),
+        ];
+        let capabilities = json!({
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("a literal object");
+        };
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.driver.url)
+            .await
+            .expect("ChromeDriver starts a Chromium session");
+        self.profiles.push(profile);
+        Browser {
+            client,
+            base: self.base.clone(),
+        }
+    }
+
+    pub async fn finish(self) {
+        self.server.shutdown().await;
+        for profile in &self.profiles {
+            let _ = std::fs::remove_dir_all(profile);
+        }
+    }
+}
+
+/// The wasm client must have been built into static/pkg/.
+fn require_client_built() {
+    let wasm = repo_root().join("static/pkg/web_client_bg.wasm");
+    assert!(
+        wasm.exists(),
+        "the browser client is not built ({} is missing): run `cargo xtask build` \
+         or `cargo xtask test`, which builds it before the tests",
+        wasm.display()
+    );
+}
+
+pub fn repo_root() -> PathBuf {
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().map(Path::to_path_buf).unwrap_or(tests)
+}
+
+fn fresh_profile() -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ephemeral-browser-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a fresh profile directory");
+    dir
+}
+
+/// ChromeDriver on a free loopback port, accepting loopback only.
+///
+/// Where the machine allows it (root, as in CI), ChromeDriver runs as the
+/// first process of its own PID namespace: everything it and Chromium start
+/// lives and dies inside, so killing it on drop leaves nothing behind, and
+/// no signal sent in there can reach a process outside the test.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = free_port();
+        let mut command = if own_pid_namespace_works() {
+            let mut command = Command::new("unshare");
+            command.args([
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                CHROMEDRIVER,
+            ]);
+            command
+        } else {
+            Command::new(CHROMEDRIVER)
+        };
+        let child = command
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let driver = Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        driver
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // In a namespace, `unshare --kill-child` takes ChromeDriver with it,
+        // and the namespace's end takes every Chromium process.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn own_pid_namespace_works() -> bool {
+    Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--mount-proc", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One browser (one Chromium, one profile, one tab).
+pub struct Browser {
+    pub client: Client,
+    base: String,
+}
+
+/// The page's test hooks (see web-client/src/view.rs), read in one call.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Snapshot {
+    pub state: Option<String>,
+    pub connection: Option<String>,
+    pub status: String,
+    pub count: Option<String>,
+    pub transport: Option<String>,
+    pub transport_text: String,
+    pub content: String,
+    pub content_visible: bool,
+    pub content_children: u32,
+    pub gone_visible: bool,
+    pub path: String,
+    pub pwned: Value,
+}
+
+const SNAPSHOT_JS: &str = r#"
+const $ = (id) => document.getElementById(id);
+const app = $("app");
+if (!app || !$("content")) { return null; }
+return {
+  state: app.dataset.state ?? null,
+  connection: app.dataset.connection ?? null,
+  status: $("status").textContent,
+  count: $("host-count").dataset.count ?? null,
+  transport: $("transport").dataset.transport ?? null,
+  transport_text: $("transport").textContent,
+  content: $("content").textContent,
+  content_visible: !$("content").hidden,
+  content_children: $("content").children.length,
+  gone_visible: !$("gone").hidden,
+  path: location.pathname,
+  pwned: window.__pwned ?? null,
+};
+"#;
+
+impl Browser {
+    pub async fn open(&self, path: &str) {
+        self.client
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .expect("the page loads");
+    }
+
+    pub async fn snapshot(&self) -> Option<Snapshot> {
+        let value = self.client.execute(SNAPSHOT_JS, vec![]).await.ok()?;
+        serde_json::from_value(value).ok()
+    }
+
+    /// Polls the page until `ready` holds, or fails after [`WAIT`] saying
+    /// what was awaited and what the page showed last.
+    pub async fn wait_for(&self, what: &str, ready: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        self.wait_for_within(what, WAIT, ready).await
+    }
+
+    pub async fn wait_for_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        ready: impl Fn(&Snapshot) -> bool,
+    ) -> Snapshot {
+        let deadline = Instant::now() + limit;
+        let mut last = None;
+        loop {
+            if let Some(snapshot) = self.snapshot().await {
+                if ready(&snapshot) {
+                    return snapshot;
+                }
+                last = Some(snapshot);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; the page showed {last:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// On the home page, writes `text` and presses Share; returns once the
+    /// page is hosted.
+    pub async fn share(&self, text: &str) -> Snapshot {
+        self.open("/").await;
+        self.wait_for("the home page", |s| s.state.as_deref() == Some("home"))
+            .await;
+        // Set through script: WebDriver typing cannot enter characters
+        // outside the BMP (emoji).
+        self.client
+            .execute(
+                "document.getElementById('editor').value = arguments[0];",
+                vec![json!(text)],
+            )
+            .await
+            .expect("the editor takes text");
+        self.client
+            .find(fantoccini::Locator::Id("share"))
+            .await
+            .expect("a Share button")
+            .click()
+            .await
+            .expect("Share clicks");
+        self.wait_for("the shared page to be hosted", |s| {
+            s.state.as_deref() == Some("hosting") && s.count.as_deref() == Some("1")
+        })
+        .await
+    }
+
+    /// Saves a screenshot under tests/artifacts/ for a person to look at.
+    pub async fn screenshot(&self, name: &str) {
+        let png = self
+            .client
+            .screenshot()
+            .await
+            .expect("Chromium takes a screenshot");
+        let dir = repo_root().join("tests/artifacts");
+        std::fs::create_dir_all(&dir).expect("tests/artifacts/");
+        let path = dir.join(name);
+        std::fs::write(&path, png).expect("the screenshot is written");
+        eprintln!("screenshot: {}", path.display());
+    }
+
+    /// Closes the browser, as a visitor closing the tab.
+    pub async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+/// Whether the snapshot shows `count` hosts.
+pub fn hosts(snapshot: &Snapshot, count: usize) -> bool {
+    snapshot.count.as_deref() == Some(count.to_string().as_str())
+}

@@ -1,0 +1,189 @@
+//! Pages between browsers: what a visitor sees.
+
+use ephemeral_shared::PageHash;
+use sha2::{Digest, Sha256};
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn a_page_moves_between_browsers_over_webrtc_and_counts_its_hosts() {
+    let mut world = World::start().await;
+    let a = world.browser().await;
+    a.open("/").await;
+    a.wait_for("the home page", |s| s.state.as_deref() == Some("home"))
+        .await;
+    a.screenshot("home.png").await;
+
+    let text = "# Hello from A\n\nThis page lives in browsers only.\nLine three.";
+    let shared = a.share(text).await;
+    let hash = PageHash::of(text.as_bytes());
+    assert_eq!(shared.path, format!("/{hash}"));
+    assert_eq!(shared.content, text);
+    assert_eq!(shared.transport.as_deref(), Some("author"));
+
+    let b = world.browser().await;
+    b.open(&format!("/{hash}")).await;
+    let seen = b
+        .wait_for("B to get the page", |s| {
+            s.state.as_deref() == Some("hosting")
+        })
+        .await;
+    assert_eq!(seen.content, text, "B shows exactly A's text");
+    assert_eq!(
+        seen.transport.as_deref(),
+        Some("webrtc"),
+        "delivered peer to peer: {seen:#?}"
+    );
+    assert!(seen.transport_text.contains("WebRTC"), "{seen:#?}");
+    assert!(seen.status.contains("Verified"), "{seen:#?}");
+
+    b.wait_for("B to count 2 hosts", |s| hosts(s, 2)).await;
+    a.wait_for("A to count 2 hosts", |s| hosts(s, 2)).await;
+    b.screenshot("page.png").await;
+    b.client
+        .set_window_size(390, 844)
+        .await
+        .expect("a phone-sized window");
+    b.screenshot("page-phone.png").await;
+
+    b.close().await;
+    a.wait_for("A to count 1 host after B left", |s| hosts(s, 1))
+        .await;
+    a.close().await;
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn relay_delivers_when_webrtc_is_impossible() {
+    let mut world = World::start().await;
+    let a = world.browser().await;
+    let text = "relayed, because no ICE candidate pair can form";
+    a.share(text).await;
+    let hash = PageHash::of(text.as_bytes());
+
+    // WebRTC present but unable to connect: falls back after the RTC timeout.
+    let b = world.browser().await;
+    b.open(&format!("/{hash}?ice=relay")).await;
+    let seen = b
+        .wait_for("B to get the page by relay", |s| {
+            s.state.as_deref() == Some("hosting")
+        })
+        .await;
+    assert_eq!(seen.content, text);
+    assert_eq!(seen.transport.as_deref(), Some("relay"), "{seen:#?}");
+    assert!(seen.transport_text.contains("via relay"), "{seen:#?}");
+    assert!(seen.status.contains("via relay"), "{seen:#?}");
+
+    // No WebRTC at all: relay from the first request.
+    let c = world.browser().await;
+    c.open(&format!("/{hash}?rtc=off")).await;
+    let seen = c
+        .wait_for("C to get the page by relay", |s| {
+            s.state.as_deref() == Some("hosting")
+        })
+        .await;
+    assert_eq!(seen.content, text);
+    assert_eq!(seen.transport.as_deref(), Some("relay"), "{seen:#?}");
+    c.wait_for("three hosts", |s| hosts(s, 3)).await;
+
+    for browser in [a, b, c] {
+        browser.close().await;
+    }
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn the_last_host_leaving_makes_the_page_gone() {
+    let mut world = World::start().await;
+    let a = world.browser().await;
+    let text = "here today, gone when the tab closes";
+    a.share(text).await;
+    let hash = PageHash::of(text.as_bytes());
+    a.close().await;
+
+    let b = world.browser().await;
+    b.open(&format!("/{hash}")).await;
+    let seen = b
+        .wait_for_within(
+            "B to say the page is gone",
+            std::time::Duration::from_secs(5),
+            |s| s.state.as_deref() == Some("gone"),
+        )
+        .await;
+    assert!(seen.gone_visible, "the gone notice shows: {seen:#?}");
+    assert!(seen.status.contains("gone"), "{seen:#?}");
+    assert!(!seen.content_visible, "no stale content: {seen:#?}");
+    let new_page = b
+        .client
+        .find(fantoccini::Locator::Id("new-page"))
+        .await
+        .expect("an offer to create a new page");
+    assert_eq!(
+        new_page.attr("href").await.expect("an href").as_deref(),
+        Some("/")
+    );
+    b.close().await;
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn html_in_a_page_shows_as_text_and_never_runs() {
+    let mut world = World::start().await;
+    let a = world.browser().await;
+    let payload = "<img src=x onerror=\"window.__pwned='img'\">\n\
+                   <script>window.__pwned='script'</script>\n\
+                   <b>bold?</b>";
+    let shared = a.share(payload).await;
+    assert_eq!(shared.content, payload);
+
+    let b = world.browser().await;
+    let hash = PageHash::of(payload.as_bytes());
+    b.open(&format!("/{hash}")).await;
+    let seen = b
+        .wait_for("B to get the page", |s| {
+            s.state.as_deref() == Some("hosting")
+        })
+        .await;
+    // Give an injected <img> time to fail loading and fire onerror.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for (who, browser) in [("A", &a), ("B", &b)] {
+        let now = browser.snapshot().await.expect("a snapshot");
+        assert_eq!(now.content, payload, "{who} shows the markup as text");
+        assert_eq!(now.content_children, 0, "{who} made no elements from it");
+        assert!(
+            now.pwned.is_null(),
+            "{who} ran the payload: {:?}",
+            now.pwned
+        );
+    }
+    assert_eq!(seen.content, payload);
+    a.close().await;
+    b.close().await;
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn an_emoji_page_round_trips_and_its_address_is_sha256_of_utf8() {
+    let mut world = World::start().await;
+    let a = world.browser().await;
+    let text = "👋🏽 héllo, e\u{301}, 日本語, 🏳️‍🌈 — ✓";
+    let shared = a.share(text).await;
+    let sha256: String = Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert_eq!(shared.path, format!("/{sha256}"), "the URL is sha256sum");
+
+    let b = world.browser().await;
+    b.open(&shared.path).await;
+    let seen = b
+        .wait_for("B to get the emoji page", |s| {
+            s.state.as_deref() == Some("hosting")
+        })
+        .await;
+    assert_eq!(seen.content, text);
+    assert_eq!(seen.transport.as_deref(), Some("webrtc"));
+    a.close().await;
+    b.close().await;
+    world.finish().await;
+}
