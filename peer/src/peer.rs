@@ -528,7 +528,7 @@ impl Actor {
         if self.link.is_some() {
             wake = wake.min(self.heartbeat_at);
         }
-        if let Some(at) = self.reconnect_at {
+        if let Some(at) = self.reconnect_at.filter(|_| !self.connecting) {
             wake = wake.min(at);
         }
         for run in self.fetches.values() {
