@@ -36,6 +36,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -131,6 +132,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let app = router(state);
     let mut stop = shutdown_rx;
     let serve_task = tokio::spawn(async move {
+        // Signals and replies are small writes, each answered by the peer:
+        // without TCP_NODELAY, Nagle holds a write back until the previous
+        // one is acknowledged, and the peer's delayed ACK makes that ~40 ms.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stopping| *stopping).await;
         });
