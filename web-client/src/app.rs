@@ -33,6 +33,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::Window;
 
+use crate::Listener;
 use crate::phoenix::{Socket, SocketEvent};
 use crate::rtc::{self, PeerLink, RtcEvent, RtcSettings, Side};
 use crate::view::{Delivery, PageState, View};
@@ -138,7 +139,7 @@ pub struct App {
     socket: RefCell<Option<Rc<Socket>>>,
     state: RefCell<State>,
     /// DOM and timer callbacks, kept alive for the life of the tab.
-    callbacks: RefCell<Vec<Closure<dyn FnMut(JsValue)>>>,
+    callbacks: RefCell<Vec<Listener>>,
 }
 
 impl App {
@@ -506,10 +507,7 @@ impl App {
             return;
         };
         let want = Topic::want(hash).to_string();
-        loop {
-            let Some(action) = state.fetch.as_mut().and_then(Fetch::poll) else {
-                break;
-            };
+        while let Some(action) = state.fetch.as_mut().and_then(Fetch::poll) {
             match action {
                 FetchAction::Request(request) => {
                     state.early_signals.clear();
@@ -726,7 +724,7 @@ impl App {
 
     fn on_fetch_event(&self, peer: PeerId, event: RtcEvent) {
         let mut state = self.state.borrow_mut();
-        if !state.fetch_link.as_ref().is_some_and(|l| l.peer == peer) {
+        if state.fetch_link.as_ref().is_none_or(|l| l.peer != peer) {
             return;
         }
         let now = self.now();

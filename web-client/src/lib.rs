@@ -25,6 +25,10 @@ pub mod view;
 
 use wasm_bindgen::prelude::*;
 
+/// A JS event callback owned by Rust: the listener works exactly as long as
+/// this value lives.
+pub type Listener = Closure<dyn FnMut(JsValue)>;
+
 /// Runs when the module is instantiated.
 #[wasm_bindgen(start)]
 pub fn start() -> Result<(), JsValue> {

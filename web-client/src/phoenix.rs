@@ -19,6 +19,8 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{MessageEvent, WebSocket};
 
+use crate::Listener;
+
 /// Phoenix's own clients beat every 30 s; the server closes a socket that is
 /// silent for 60 s.
 const HEARTBEAT_MS: i32 = 30_000;
@@ -65,7 +67,7 @@ struct Connection {
     /// Failed attempts in a row, for the backoff.
     failures: u32,
     /// The current `WebSocket`'s callbacks, dropped with it.
-    callbacks: Vec<Closure<dyn FnMut(JsValue)>>,
+    callbacks: Vec<Listener>,
     /// The pending reconnect timer's callback.
     retry: Option<Closure<dyn FnMut()>>,
 }

@@ -12,6 +12,8 @@ use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 use ephemeral_shared::PeerId;
+
+use crate::Listener;
 use ephemeral_shared::protocol::{IceServer, SignalBody};
 use ephemeral_shared::transfer::{MAX_MESSAGE_BYTES, TransferSender, message_size_for};
 use js_sys::{Array, ArrayBuffer, Reflect, Uint8Array};
@@ -88,7 +90,7 @@ pub struct PeerLink {
     closed: Cell<bool>,
     handler: RtcHandler,
     /// Keeps the JS callbacks alive exactly as long as the connection.
-    callbacks: RefCell<Vec<Closure<dyn FnMut(JsValue)>>>,
+    callbacks: RefCell<Vec<Listener>>,
 }
 
 impl PeerLink {

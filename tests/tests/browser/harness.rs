@@ -27,7 +27,11 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// A test's world: the server, the driver, and the exclusive turn.
 pub struct World {
-    pub server: signal_server::RunningServer,
+    /// `None` while stopped by [`World::stop_server`].
+    server: Option<signal_server::RunningServer>,
+    /// The address the server keeps across restarts.
+    addr: std::net::SocketAddr,
+    config: signal_server::Config,
     pub base: String,
     driver: Driver,
     profiles: Vec<PathBuf>,
@@ -55,13 +59,16 @@ impl World {
             bind: "127.0.0.1:0".parse().expect("a literal address"),
             ..config
         };
-        let server = signal_server::start(config)
+        let server = signal_server::start(config.clone())
             .await
             .expect("the signaling server starts");
-        let base = format!("http://{}", server.local_addr());
+        let addr = server.local_addr();
+        let base = format!("http://{addr}");
         let driver = Driver::start().await;
         World {
-            server,
+            server: Some(server),
+            addr,
+            config,
             base,
             driver,
             profiles: Vec::new(),
@@ -107,8 +114,33 @@ impl World {
         }
     }
 
-    pub async fn finish(self) {
-        self.server.shutdown().await;
+    /// `ws://…` of the server, for native peers.
+    pub fn websocket_url(&self) -> String {
+        format!("ws://{}/ws/websocket?vsn=2.0.0", self.addr)
+    }
+
+    /// Stops the server, closing every websocket as a restart would.
+    pub async fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Starts the server again on the same address.
+    pub async fn restart_server(&mut self) {
+        self.stop_server().await;
+        let config = signal_server::Config {
+            bind: self.addr,
+            ..self.config.clone()
+        };
+        let server = signal_server::start(config)
+            .await
+            .expect("the signaling server starts again on its address");
+        self.server = Some(server);
+    }
+
+    pub async fn finish(mut self) {
+        self.stop_server().await;
         for profile in &self.profiles {
             let _ = std::fs::remove_dir_all(profile);
         }

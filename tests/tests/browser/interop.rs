@@ -10,7 +10,7 @@ use crate::harness::*;
 /// reaches (as a peer-reflexive pair) though it never offers loopback
 /// itself.
 fn native_config(world: &World) -> PeerConfig {
-    let mut config = PeerConfig::new(world.server.websocket_url());
+    let mut config = PeerConfig::new(world.websocket_url());
     config.rtc.bind = "127.0.0.1".parse().expect("a literal address");
     config
 }

@@ -187,3 +187,40 @@ async fn an_emoji_page_round_trips_and_its_address_is_sha256_of_utf8() {
     b.close().await;
     world.finish().await;
 }
+
+#[tokio::test]
+async fn hosting_survives_a_server_restart() {
+    let mut world = World::start().await;
+    let a = world.browser().await;
+    let text = "still here after the server came back";
+    a.share(text).await;
+
+    world.stop_server().await;
+    let down = a
+        .wait_for("A to notice the server is gone", |s| {
+            s.connection.as_deref() == Some("reconnecting")
+        })
+        .await;
+    assert!(down.status.contains("Reconnecting"), "{down:#?}");
+    assert_eq!(down.content, text, "the page stays on screen");
+
+    world.restart_server().await;
+    a.wait_for("A to rejoin as a host", |s| {
+        s.connection.as_deref() == Some("online")
+            && s.state.as_deref() == Some("hosting")
+            && hosts(s, 1)
+    })
+    .await;
+
+    let b = world.browser().await;
+    b.open(&format!("/{}", PageHash::of(text.as_bytes()))).await;
+    let seen = b
+        .wait_for("B to get the page from A after the restart", |s| {
+            s.state.as_deref() == Some("hosting")
+        })
+        .await;
+    assert_eq!(seen.content, text);
+    a.close().await;
+    b.close().await;
+    world.finish().await;
+}
