@@ -45,6 +45,8 @@ const SEED_MAX_REQUESTS: u32 = 15;
 /// Seed-mode visitors at once (each hosts' socket joins one topic per
 /// page, and the server allows 100 topics per socket).
 const SEED_BATCH: usize = 50;
+/// A WebRTC visitor slower than this is counted as a stalled set-up.
+const SLOW: Duration = Duration::from_millis(500);
 
 /// How many visitors each mode gets.
 pub struct Samples {
@@ -83,11 +85,33 @@ pub async fn run(samples: &Samples) -> Result<Vec<Row>> {
     let relay = Percentiles::of(&ours.relay).context("no relay samples")?;
     let seed_p = Percentiles::of(&seed).context("no seed-mode visitor got the page")?;
     let mut rows = Vec::new();
-    let webrtc_note = format!(
+    let mut webrtc_note = format!(
         "{} of {} delivered over WebRTC",
         ours.webrtc_delivered,
         ours.webrtc.len()
     );
+    // The distribution is bimodal when some set-ups stall on a
+    // retransmission timer; say how many, and where the time went.
+    let mut slow_opens: Vec<Duration> = ours
+        .webrtc
+        .iter()
+        .zip(&ours.webrtc_opens)
+        .filter(|(total, _)| **total > SLOW)
+        .filter_map(|(_, open)| *open)
+        .collect();
+    let slow = ours.webrtc.iter().filter(|t| **t > SLOW).count();
+    if slow > 0 {
+        slow_opens.sort_unstable();
+        let median_open = slow_opens
+            .get(slow_opens.len() / 2)
+            .copied()
+            .unwrap_or_default();
+        webrtc_note.push_str(&format!(
+            "; {slow} took over {} ms, their channel opening at a median {:.0} ms",
+            SLOW.as_millis(),
+            median_open.as_secs_f64() * 1e3
+        ));
+    }
     let pick = |p: &Percentiles, q: &str| match q {
         "p50" => p.p50,
         "p95" => p.p95,
@@ -149,6 +173,8 @@ pub async fn run(samples: &Samples) -> Result<Vec<Row>> {
 
 struct Ours {
     webrtc: Vec<Duration>,
+    /// When each WebRTC visitor's data channel opened, if it did.
+    webrtc_opens: Vec<Option<Duration>>,
     webrtc_delivered: usize,
     relay: Vec<Duration>,
 }
@@ -178,10 +204,12 @@ async fn ours(samples: &Samples) -> Result<Ours> {
         samples.webrtc
     );
     let mut webrtc = Vec::with_capacity(samples.webrtc);
+    let mut webrtc_opens = Vec::with_capacity(samples.webrtc);
     let mut webrtc_delivered = 0;
     for _ in 0..samples.webrtc {
-        let (elapsed, transport) = visit(&url, hash, true).await?;
+        let (elapsed, transport, open) = visit(&url, hash, true).await?;
         webrtc.push(elapsed);
+        webrtc_opens.push(open);
         webrtc_delivered += usize::from(transport == Transport::WebRtc);
     }
     eprintln!(
@@ -190,7 +218,7 @@ async fn ours(samples: &Samples) -> Result<Ours> {
     );
     let mut relay = Vec::with_capacity(samples.relay);
     for _ in 0..samples.relay {
-        let (elapsed, transport) = visit(&url, hash, false).await?;
+        let (elapsed, transport, _) = visit(&url, hash, false).await?;
         if transport != Transport::Relay {
             bail!(
                 "a relay-only visitor got the page over {}",
@@ -205,6 +233,7 @@ async fn ours(samples: &Samples) -> Result<Ours> {
     server.stop().await;
     Ok(Ours {
         webrtc,
+        webrtc_opens,
         webrtc_delivered,
         relay,
     })
@@ -218,10 +247,14 @@ pub fn peer_config(url: &str, webrtc: bool) -> PeerConfig {
     config
 }
 
-/// One new visitor: connect, fetch, verify. Returns its wait and how the
-/// page came. The visitor does not stay to host, so every visitor meets
+/// One new visitor: connect, fetch, verify. Returns its wait, how the
+/// page came, and when its data channel opened (if one did). The visitor does not stay to host, so every visitor meets
 /// the same four hosts.
-async fn visit(url: &str, hash: PageHash, webrtc: bool) -> Result<(Duration, Transport)> {
+async fn visit(
+    url: &str,
+    hash: PageHash,
+    webrtc: bool,
+) -> Result<(Duration, Transport, Option<Duration>)> {
     let start = Instant::now();
     let visitor = Peer::connect(peer_config(url, webrtc))
         .await
@@ -232,7 +265,7 @@ async fn visit(url: &str, hash: PageHash, webrtc: bool) -> Result<(Duration, Tra
         .context("a visitor did not get the page")?;
     let elapsed = start.elapsed();
     visitor.shutdown().await;
-    Ok((elapsed, fetched.transport))
+    Ok((elapsed, fetched.transport, fetched.timings.channel_open))
 }
 
 /// The seed's behaviour, `visitors` times; returns the waits of those who
