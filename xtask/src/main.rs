@@ -9,6 +9,8 @@
 //!   (extra arguments go to the server).
 //! - `test`: installs the wasm target and Chromium + ChromeDriver when
 //!   missing, builds the wasm client, then `cargo test --workspace`.
+//! - `bench`: the benchmark suite, release build (`--quick` for a few
+//!   minutes; other arguments go to `ephemeral-bench`).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -40,8 +42,12 @@ fn main() {
         Some("build") => build(),
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask build | run [server flags…] | test [cargo test args…]");
+            eprintln!(
+                "usage: cargo xtask build | run [server flags…] | test [cargo test args…] \
+                 | bench [--quick] [--only NAME,…]"
+            );
             std::process::exit(2);
         }
     };
@@ -78,6 +84,16 @@ fn test(cargo_args: &[String]) -> Result<()> {
     let mut command = cargo();
     command.args(["test", "--workspace"]).args(cargo_args);
     check(&mut command).context("tests failed")
+}
+
+/// Runs the benchmark suite (bench/); it writes target/bench/results.md.
+fn bench(bench_args: &[String]) -> Result<()> {
+    step("running the benchmarks (release build)");
+    let mut command = cargo();
+    command
+        .args(["run", "--release", "--package", "ephemeral-bench", "--"])
+        .args(bench_args);
+    check(&mut command).context("benchmarks failed")
 }
 
 /// Builds the wasm client into `static/pkg/`.
