@@ -265,10 +265,15 @@ pub struct Snapshot {
     pub count: Option<String>,
     pub transport: Option<String>,
     pub transport_text: String,
+    /// The shown text, cut at 4096 characters (see [`Browser::content`]).
     pub content: String,
+    /// Characters of the shown text, in full.
+    pub content_length: usize,
     pub content_visible: bool,
     pub content_children: u32,
     pub gone_visible: bool,
+    /// Whether the progress bar is showing.
+    pub progress_shown: bool,
     pub path: String,
     pub pwned: Value,
 }
@@ -284,7 +289,9 @@ return {
   count: $("host-count").dataset.count ?? null,
   transport: $("transport").dataset.transport ?? null,
   transport_text: $("transport").textContent,
-  content: $("content").textContent,
+  content: $("content").textContent.slice(0, 4096),
+  content_length: $("content").textContent.length,
+  progress_shown: !$("progress").hidden,
   content_visible: !$("content").hidden,
   content_children: $("content").children.length,
   gone_visible: !$("gone").hidden,
@@ -304,6 +311,19 @@ impl Browser {
     pub async fn snapshot(&self) -> Option<Snapshot> {
         let value = self.client.execute(SNAPSHOT_JS, vec![]).await.ok()?;
         serde_json::from_value(value).ok()
+    }
+
+    /// The whole text the page shows.
+    pub async fn content(&self) -> String {
+        let value = self
+            .client
+            .execute(
+                "return document.getElementById('content').textContent;",
+                vec![],
+            )
+            .await
+            .expect("the content element is readable");
+        value.as_str().map(str::to_string).unwrap_or_default()
     }
 
     /// Polls the page until `ready` holds, or fails after [`WAIT`] saying

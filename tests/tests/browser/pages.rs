@@ -224,3 +224,31 @@ async fn hosting_survives_a_server_restart() {
     b.close().await;
     world.finish().await;
 }
+
+#[tokio::test]
+async fn a_large_page_streams_over_webrtc_with_progress() {
+    let mut world = World::start().await;
+    let a = world.browser().await;
+    // Near the 1 MiB limit: many 64 KiB chunks, so the sender's
+    // back-pressure and the receiver's reassembly both run.
+    let text: String = (0..24_000)
+        .map(|i| format!("line {i:05}: the quick brown fox ✓\n"))
+        .collect();
+    assert!(text.len() > 700_000 && text.len() < 1 << 20);
+    a.share(&text).await;
+
+    let b = world.browser().await;
+    b.open(&format!("/{}", PageHash::of(text.as_bytes()))).await;
+    let seen = b
+        .wait_for("B to get the large page", |s| {
+            s.state.as_deref() == Some("hosting")
+        })
+        .await;
+    assert_eq!(seen.transport.as_deref(), Some("webrtc"), "{seen:#?}");
+    assert!(!seen.progress_shown, "the progress bar is gone once done");
+    assert_eq!(seen.content_length, text.chars().count());
+    assert!(b.content().await == text, "B shows every byte of the page");
+    a.close().await;
+    b.close().await;
+    world.finish().await;
+}
