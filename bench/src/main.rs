@@ -17,12 +17,14 @@
 //!   default buffers.
 //! - [`signaling`]: 3, signal relay rate and latency vs the WebTorrent
 //!   tracker and a bare echo; content round trips over relay.
-//! - [`peers`]: 4, data-channel throughput; 5, flash crowd.
+//! - [`peers`]: 4, data-channel throughput native↔native; 5, flash crowd.
+//! - [`browser`]: 4, data-channel throughput from headless Chromium.
 //! - [`client_size`]: 6, the web client's download size.
 //! - [`children`]: the servers under test, each its own process.
 //! - [`phoenix`]: the load generator's websocket and Phoenix clients.
 //! - [`report`]: rows, percentiles, the table and the JSON.
 
+mod browser;
 mod children;
 mod client_size;
 mod memory;
@@ -161,11 +163,19 @@ async fn bench(quick: bool, only: &[Bench]) -> Result<()> {
     if wanted(Bench::Datachannel) {
         let mut outcome = peers::data_channel(&peers::transfers(quick)).await;
         if let Ok(rows) = &mut outcome {
-            rows.push(Row::not_measured(
-                "4. Data-channel throughput",
-                "browser↔native",
-                BROWSER_NOT_MEASURED,
-            ));
+            let runs = if quick { 3 } else { 5 };
+            rows.push(
+                browser::run(runs, &workspace)
+                    .await
+                    .unwrap_or_else(|error| {
+                        eprintln!("bench: browser→native failed: {error:#}");
+                        Row::not_measured(
+                            "4. Data-channel throughput",
+                            "1 MiB, browser→native",
+                            format!("failed: {error:#}"),
+                        )
+                    }),
+            );
         }
         record("4. Data-channel throughput", outcome);
     }
@@ -189,9 +199,6 @@ async fn bench(quick: bool, only: &[Bench]) -> Result<()> {
     }
     Ok(())
 }
-
-/// Why browser↔native throughput is not in the table.
-const BROWSER_NOT_MEASURED: &str = "not automated: needs headless Chromium driving the wasm client, which the benchmark does not build or launch";
 
 /// The workspace root: this crate lives one level below it.
 fn workspace_root() -> PathBuf {
