@@ -149,7 +149,7 @@ impl PeerLink {
         let link = Rc::downgrade(self);
         wasm_bindgen_futures::spawn_local(async move {
             if let Err(error) = make_offer(&link).await {
-                log(&format!("offer failed: {error:?}"));
+                warn("offer failed:", &error);
                 if let Some(link) = link.upgrade() {
                     link.fail();
                 }
@@ -173,7 +173,7 @@ impl PeerLink {
                     return;
                 };
                 if let Err(error) = link.apply(body).await {
-                    log(&format!("signal from {} not applied: {error:?}", link.peer));
+                    warn("a signal from the host or visitor was not applied:", &error);
                 }
             }
         });
@@ -427,6 +427,8 @@ pub fn available() -> bool {
         .is_some_and(|ctor| ctor.is_function())
 }
 
-fn log(message: &str) {
-    web_sys::console::warn_1(&JsValue::from_str(message));
+/// Logs to the console with the JS error itself, not a Rust rendering of
+/// it (which would pull float formatting into the wasm).
+fn warn(message: &str, error: &JsValue) {
+    web_sys::console::warn_2(&JsValue::from_str(message), error);
 }
