@@ -180,7 +180,12 @@ async fn bench(quick: bool, only: &[Bench]) -> Result<()> {
         record("4. Data-channel throughput", outcome);
     }
     if wanted(Bench::Flash) {
-        record("5. Flash crowd", peers::flash_crowd(200).await);
+        record(
+            "5. Flash crowd",
+            peers::flash_crowd(200, Duration::ZERO).await,
+        );
+        let staggered = peers::flash_crowd(200, peers::STAGGER).await;
+        record("5. Flash crowd, staggered", staggered);
     }
     if wanted(Bench::Size) {
         record("6. Web client size", client_size::run(&workspace));
