@@ -11,15 +11,31 @@ use ephemeral_shared::PageHash;
 use crate::harness::*;
 
 /// Builds the binary once per test run (it is another package's target, so
-/// cargo does not build it for this one) and returns its path.
+/// cargo does not build it for this one) and returns its path. This test
+/// target is named in the same build so that features unify exactly as in
+/// `cargo test`: otherwise cargo rebuilds webrtc-rs each time (~30 s).
 fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
+            let mut cargo = Command::new(env!("CARGO"));
+            // `cargo test` gives the test process CARGO_* variables of its
+            // own package; passed on, they change fingerprints and force a
+            // rebuild of everything in the next `cargo test`.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy().into_owned();
+                if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+                    cargo.env_remove(key);
+                }
+            }
+            let status = cargo
                 .args([
                     "build",
                     "--quiet",
+                    "-p",
+                    "ephemeral-tests",
+                    "--test",
+                    "peers",
                     "-p",
                     "ephemeral-peer",
                     "--bin",
