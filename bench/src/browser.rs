@@ -163,7 +163,22 @@ struct Driver {
 }
 
 impl Driver {
+    /// Starts ChromeDriver, on a fresh port each try: a port the OS calls
+    /// free may still be held by a TIME_WAIT connection of an earlier
+    /// benchmark, and ChromeDriver (unlike Rust's listeners) does not bind
+    /// with SO_REUSEADDR, so it exits at once there.
     async fn start() -> Result<Self> {
+        let mut last_error = None;
+        for _ in 0..3 {
+            match Self::start_once().await {
+                Ok(driver) => return Ok(driver),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("chromedriver did not start")))
+    }
+
+    async fn start_once() -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .context("no free loopback port")?
@@ -181,7 +196,7 @@ impl Driver {
         } else {
             Command::new(CHROMEDRIVER)
         };
-        let child = command
+        let mut child = command
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
@@ -189,11 +204,14 @@ impl Driver {
             .kill_on_drop(true)
             .spawn()
             .context("cannot start chromedriver")?;
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + WAIT / 3;
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_err()
         {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("chromedriver exited ({status}) instead of listening on port {port}");
+            }
             if Instant::now() > deadline {
                 bail!("chromedriver did not listen on port {port}");
             }
