@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ephemeral_peer::{FetchError, Peer, PeerConfig, Transport};
+use ephemeral_peer::{FetchError, Transport};
 use ephemeral_shared::{FetchFailure, PageHash};
 
 use crate::fake_host::{FakeHost, Misbehaviour};
@@ -111,7 +111,16 @@ async fn relay_only_peers_get_pages_by_relay() {
     // A relay-only host answers a WebRTC visitor by relay too.
     host_peer.shutdown().await;
     visitor.shutdown().await;
-    let (_relay_host, _) = host(&relay_only, &page).await;
+    let (relay_host, _) = host(&relay_only, &page).await;
+    let mut hosts = within("watching the host count", relay_host.watch_count(hash))
+        .await
+        .expect("a count");
+    within(
+        "the server sees only the relay-only host",
+        hosts.wait_for(|count| count.is_some_and(|c| c.count == 1)),
+    )
+    .await
+    .expect("counts");
     let webrtc_visitor = connect(&config).await;
     let fetched = within("fetch from a relay-only host", webrtc_visitor.fetch(hash))
         .await
@@ -229,9 +238,7 @@ async fn a_dropped_link_reconnects_and_keeps_hosting() {
     )
     .await
     .expect("status");
-    let visitor = Peer::connect(PeerConfig { ..config.clone() })
-        .await
-        .expect("connects");
+    let visitor = connect(&config).await;
     let fetched = within("fetch", visitor.fetch(hash))
         .await
         .expect("the page");

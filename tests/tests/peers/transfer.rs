@@ -26,6 +26,17 @@ async fn one_host_one_visitor_over_webrtc_then_the_visitor_hosts() {
     // The second peer hosts it now; with the first gone, a third gets it
     // from the second.
     first.shutdown().await;
+    // Until the server has seen the first peer go, it may still route a
+    // request to it (and the visitor would wait out its RTC timeout).
+    let mut hosts = within("watching the host count", second.watch_count(hash))
+        .await
+        .expect("a count");
+    within(
+        "the server sees one host left",
+        hosts.wait_for(|count| count.is_some_and(|c| c.count == 1)),
+    )
+    .await
+    .expect("counts");
     let third = connect(&config).await;
     let fetched = within("third fetches", third.fetch(hash))
         .await
