@@ -36,6 +36,7 @@ use web_sys::Window;
 use crate::Listener;
 use crate::phoenix::{Socket, SocketEvent};
 use crate::rtc::{self, PeerLink, RtcEvent, RtcSettings, Side};
+use crate::status::{Connection, Situation, describe};
 use crate::view::{Delivery, PageState, View};
 
 /// The largest page this client shares or accepts: the server's default
@@ -73,16 +74,6 @@ enum Route {
     Page(PageHash),
 }
 
-/// The server connection, as the visitor sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
-    /// Never connected yet.
-    Connecting,
-    Online,
-    /// Was connected, lost it, retrying with backoff.
-    Reconnecting,
-}
-
 /// What a sent message's ref stands for, to handle its reply.
 #[derive(Debug, Clone, Copy)]
 enum Pending {
@@ -93,7 +84,7 @@ enum Pending {
 /// Everything that changes.
 struct State {
     route: Route,
-    link: Link,
+    link: Connection,
     /// Replies we wait for, by ref.
     pending: HashMap<String, Pending>,
     /// The topic whose join the server accepted, on this connection.
@@ -167,7 +158,7 @@ impl App {
             socket: RefCell::new(None),
             state: RefCell::new(State {
                 route,
-                link: Link::Connecting,
+                link: Connection::Connecting,
                 pending: HashMap::new(),
                 joined: None,
                 ice_servers: Vec::new(),
@@ -322,15 +313,15 @@ impl App {
         match event {
             SocketEvent::Open => {
                 let mut state = self.state.borrow_mut();
-                state.link = Link::Online;
+                state.link = Connection::Online;
                 state.joined = None;
                 state.pending.clear();
                 self.join_current(&mut state);
             }
             SocketEvent::Closed => {
                 let mut state = self.state.borrow_mut();
-                if state.link == Link::Online {
-                    state.link = Link::Reconnecting;
+                if state.link == Connection::Online {
+                    state.link = Connection::Reconnecting;
                 }
                 state.joined = None;
                 state.pending.clear();
@@ -796,20 +787,23 @@ impl App {
     fn render(&self) {
         let state = self.state.borrow();
         let view = &self.view;
-        view.set_connection(match state.link {
-            Link::Connecting => "connecting",
-            Link::Online => "online",
-            Link::Reconnecting => "reconnecting",
+        view.set_connection(state.link.as_str());
+        let progress = state.fetch.as_ref().and_then(Fetch::progress);
+        let phase = state.fetch.as_ref().map(Fetch::phase);
+        let (page_state, words) = describe(&Situation {
+            home: state.route == Route::Home,
+            connection: state.link,
+            failure: state.failure.as_deref(),
+            hosting: state.page.is_some(),
+            delivery: state.delivery,
+            joined: state.joined.is_some(),
+            phase,
+            progress,
         });
-        if state.route == Route::Home {
-            {
-                view.set_state(PageState::Home);
-                view.set_status(match state.link {
-                    Link::Reconnecting => "Reconnecting to the server…",
-                    _ => "Write a page and press Share. Its address is the SHA-256 of its text.",
-                });
-                return;
-            }
+        view.set_state(page_state);
+        view.set_status(&words);
+        if page_state == PageState::Home {
+            return;
         }
         if let Ok(href) = self.window.location().href()
             && view.link.value() != href
@@ -822,60 +816,8 @@ impl App {
         if let Some(delivery) = state.delivery {
             view.set_delivery(delivery);
         }
-        let offline = match state.link {
-            Link::Online => None,
-            Link::Connecting => Some("Connecting to the server…"),
-            Link::Reconnecting => Some("Reconnecting to the server…"),
-        };
-        let phase = state.fetch.as_ref().map(Fetch::phase);
-        let (page_state, status) = if let Some(failure) = &state.failure {
-            (
-                PageState::Failed,
-                format!("Could not get this page: {failure}."),
-            )
-        } else if state.page.is_some() {
-            let got = match state.delivery {
-                Some(Delivery::WebRtc) => "Verified ✓ Fetched from a peer over WebRTC. ",
-                Some(Delivery::Relay) => "Verified ✓ Fetched via relay. ",
-                _ => "",
-            };
-            let doing = match offline {
-                Some(offline) => offline.to_string(),
-                None if state.joined.is_some() => {
-                    "Hosting: this tab serves the page while it stays open.".to_string()
-                }
-                None => "Joining as a host…".to_string(),
-            };
-            (PageState::Hosting, format!("{got}{doing}"))
-        } else {
-            let doing = match (offline, phase) {
-                (Some(offline), phase) if phase != Some(Phase::Gone) => offline.to_string(),
-                (_, None) => "Connecting to the server…".to_string(),
-                (_, Some(Phase::Asking)) => "Looking for a host…".to_string(),
-                (_, Some(Phase::Connecting(_))) => "Connecting to a peer…".to_string(),
-                (_, Some(Phase::Receiving(_))) => {
-                    match state.fetch.as_ref().and_then(Fetch::progress) {
-                        Some((got, total)) if total > 0 => {
-                            format!("Fetching from a peer… {}%", got * 100 / total)
-                        }
-                        _ => "Fetching from a peer…".to_string(),
-                    }
-                }
-                (_, Some(Phase::Relaying(_))) => "Fetching via relay…".to_string(),
-                (_, Some(Phase::Gone)) => "This page is gone: nobody hosts it anymore.".to_string(),
-                (_, Some(Phase::Delivered(_) | Phase::Failed)) => "Verifying…".to_string(),
-            };
-            let page_state = if phase == Some(Phase::Gone) {
-                PageState::Gone
-            } else {
-                PageState::Fetching
-            };
-            (page_state, doing)
-        };
-        view.set_state(page_state);
-        view.set_status(&status);
         view.set_progress(match phase {
-            Some(Phase::Receiving(_)) => state.fetch.as_ref().and_then(Fetch::progress),
+            Some(Phase::Receiving(_)) => progress,
             _ => None,
         });
     }

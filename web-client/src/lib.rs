@@ -16,11 +16,13 @@
 //!   fetch and the uploads, renders the status.
 //! - [`phoenix`]: the Phoenix Channels V2 socket, heartbeat and reconnect.
 //! - [`rtc`]: one RTCPeerConnection and its data channel, either side.
+//! - [`status`]: the words of the status line, pure and unit-tested.
 //! - [`view`]: the DOM, written only as text.
 
 pub mod app;
 pub mod phoenix;
 pub mod rtc;
+pub mod status;
 pub mod view;
 
 use wasm_bindgen::prelude::*;

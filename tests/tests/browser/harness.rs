@@ -184,12 +184,29 @@ fn fresh_profile() -> PathBuf {
 struct Driver {
     child: Child,
     url: String,
+    /// ChromeDriver's own log, quoted when it fails; removed on drop.
+    log: PathBuf,
 }
 
 impl Driver {
+    /// Starts ChromeDriver, trying again on a new port if it exits early
+    /// (another process may take a free port between our probe and its bind).
     async fn start() -> Driver {
+        let namespace = own_pid_namespace_works();
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(namespace).await {
+                Ok(driver) => return driver,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("chromedriver would not start: {failures:#?}");
+    }
+
+    async fn try_start(namespace: bool) -> Result<Driver, String> {
         let port = free_port();
-        let mut command = if own_pid_namespace_works() {
+        let log = std::env::temp_dir().join(format!("ephemeral-chromedriver-{port}.log"));
+        let mut command = if namespace {
             let mut command = Command::new("unshare");
             command.args([
                 "--pid",
@@ -205,23 +222,34 @@ impl Driver {
         let child = command
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
+            .arg(format!("--log-path={}", log.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("chromedriver starts");
-        let driver = Driver {
+            .map_err(|e| format!("cannot run {CHROMEDRIVER}: {e}"))?;
+        let mut driver = Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            log: log.clone(),
         };
         let deadline = Instant::now() + WAIT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen on {port}"
-            );
+            let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                return Err(format!(
+                    "exited with {status} on port {port}: {}",
+                    log_text()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "not listening on {port} after {WAIT:?}: {}",
+                    log_text()
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        driver
+        Ok(driver)
     }
 }
 
@@ -231,6 +259,7 @@ impl Drop for Driver {
         // and the namespace's end takes every Chromium process.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

@@ -20,6 +20,7 @@ async fn a_page_moves_between_browsers_over_webrtc_and_counts_its_hosts() {
     assert_eq!(shared.path, format!("/{hash}"));
     assert_eq!(shared.content, text);
     assert_eq!(shared.transport.as_deref(), Some("author"));
+    assert_copy_link_works(&a).await;
 
     let b = world.browser().await;
     b.open(&format!("/{hash}")).await;
@@ -51,6 +52,46 @@ async fn a_page_moves_between_browsers_over_webrtc_and_counts_its_hosts() {
         .await;
     a.close().await;
     world.finish().await;
+}
+
+/// The copy-link button copies the page's URL, or, where the clipboard is
+/// refused, selects the link so it can be copied by hand.
+async fn assert_copy_link_works(browser: &Browser) {
+    browser
+        .client
+        .find(fantoccini::Locator::Id("copy-link"))
+        .await
+        .expect("a copy-link button")
+        .click()
+        .await
+        .expect("the button clicks");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let outcome = browser
+            .client
+            .execute(
+                r#"const link = document.getElementById("link");
+                   return {
+                     url_shown: link.value === location.href,
+                     copied: document.getElementById("copy-link").textContent.includes("Copied"),
+                     selected: document.activeElement === link
+                       && link.selectionEnd - link.selectionStart === link.value.length,
+                   };"#,
+                vec![],
+            )
+            .await
+            .expect("the page answers");
+        let flag = |key: &str| outcome.get(key).and_then(|v| v.as_bool()) == Some(true);
+        assert!(flag("url_shown"), "the link field shows the page URL");
+        if flag("copied") || flag("selected") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copy-link neither copied nor selected the link: {outcome}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

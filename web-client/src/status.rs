@@ -1,0 +1,213 @@
+//! What the status line says. Pure: it reads where the tab stands and
+//! returns the page state and the words, so every wording is unit-tested
+//! natively, without a browser.
+
+use ephemeral_shared::Phase;
+
+use crate::view::{Delivery, PageState};
+
+/// The server connection, as the visitor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// Never connected yet.
+    Connecting,
+    Online,
+    /// Was connected, lost it, retrying with backoff.
+    Reconnecting,
+}
+
+impl Connection {
+    /// The value of `#app[data-connection]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Connection::Connecting => "connecting",
+            Connection::Online => "online",
+            Connection::Reconnecting => "reconnecting",
+        }
+    }
+
+    fn offline_words(self) -> Option<&'static str> {
+        match self {
+            Connection::Online => None,
+            Connection::Connecting => Some("Connecting to the server…"),
+            Connection::Reconnecting => Some("Reconnecting to the server…"),
+        }
+    }
+}
+
+/// Where the tab stands.
+#[derive(Debug, Clone, Copy)]
+pub struct Situation<'a> {
+    /// On `/`, writing a page.
+    pub home: bool,
+    pub connection: Connection,
+    /// Why the page could not be had.
+    pub failure: Option<&'a str>,
+    /// The tab holds the verified page.
+    pub hosting: bool,
+    pub delivery: Option<Delivery>,
+    /// The server accepted the tab's join of its current topic.
+    pub joined: bool,
+    /// The fetch's phase, while getting the page.
+    pub phase: Option<Phase>,
+    /// Bytes received and total, while receiving over WebRTC.
+    pub progress: Option<(usize, usize)>,
+}
+
+/// The page state and the status line for `situation`.
+pub fn describe(situation: &Situation) -> (PageState, String) {
+    let offline = situation.connection.offline_words();
+    if situation.home {
+        let words = match situation.connection {
+            Connection::Reconnecting => "Reconnecting to the server…",
+            _ => "Write a page and press Share. Its address is the SHA-256 of its text.",
+        };
+        return (PageState::Home, words.to_string());
+    }
+    if let Some(failure) = situation.failure {
+        return (
+            PageState::Failed,
+            format!("Could not get this page: {failure}."),
+        );
+    }
+    if situation.hosting {
+        let got = match situation.delivery {
+            Some(Delivery::WebRtc) => "Verified ✓ Fetched from a peer over WebRTC. ",
+            Some(Delivery::Relay) => "Verified ✓ Fetched via relay. ",
+            _ => "",
+        };
+        let doing = match offline {
+            Some(offline) => offline,
+            None if situation.joined => "Hosting: this tab serves the page while it stays open.",
+            None => "Joining as a host…",
+        };
+        return (PageState::Hosting, format!("{got}{doing}"));
+    }
+    if situation.phase == Some(Phase::Gone) {
+        // Said even while offline: nobody had it when last asked.
+        return (
+            PageState::Gone,
+            "This page is gone: nobody hosts it anymore.".to_string(),
+        );
+    }
+    let doing = match (offline, situation.phase) {
+        (Some(offline), _) => offline.to_string(),
+        (None, None) => "Connecting to the server…".to_string(),
+        (None, Some(Phase::Asking)) => "Looking for a host…".to_string(),
+        (None, Some(Phase::Connecting(_))) => "Connecting to a peer…".to_string(),
+        (None, Some(Phase::Receiving(_))) => match situation.progress {
+            Some((got, total)) if total > 0 => {
+                format!("Fetching from a peer… {}%", got.saturating_mul(100) / total)
+            }
+            _ => "Fetching from a peer…".to_string(),
+        },
+        (None, Some(Phase::Relaying(_))) => "Fetching via relay…".to_string(),
+        (None, Some(Phase::Delivered(_) | Phase::Failed | Phase::Gone)) => "Verifying…".to_string(),
+    };
+    (PageState::Fetching, doing)
+}
+
+#[cfg(test)]
+mod tests {
+    use ephemeral_shared::{PeerId, Transport};
+
+    use super::*;
+
+    fn fetching(phase: Phase) -> Situation<'static> {
+        Situation {
+            home: false,
+            connection: Connection::Online,
+            failure: None,
+            hosting: false,
+            delivery: None,
+            joined: true,
+            phase: Some(phase),
+            progress: None,
+        }
+    }
+
+    fn hosting(delivery: Delivery) -> Situation<'static> {
+        Situation {
+            hosting: true,
+            delivery: Some(delivery),
+            phase: None,
+            ..fetching(Phase::Asking)
+        }
+    }
+
+    #[test]
+    fn says_how_the_page_arrived_and_that_it_is_hosted() {
+        let (state, words) = describe(&hosting(Delivery::Relay));
+        assert_eq!(state, PageState::Hosting);
+        assert!(
+            words.contains("via relay") && words.contains("Hosting"),
+            "{words}"
+        );
+        let (_, words) = describe(&hosting(Delivery::WebRtc));
+        assert!(
+            words.contains("WebRTC") && words.contains("Verified"),
+            "{words}"
+        );
+        let (_, words) = describe(&hosting(Delivery::Author));
+        assert!(words.starts_with("Hosting"), "{words}");
+    }
+
+    #[test]
+    fn a_host_that_lost_the_server_says_it_is_reconnecting() {
+        let situation = Situation {
+            connection: Connection::Reconnecting,
+            ..hosting(Delivery::Author)
+        };
+        let (state, words) = describe(&situation);
+        assert_eq!(state, PageState::Hosting);
+        assert!(words.contains("Reconnecting"), "{words}");
+    }
+
+    #[test]
+    fn follows_the_fetch() {
+        let host = PeerId::from_random(7);
+        let cases = [
+            (Phase::Asking, "Looking for a host"),
+            (Phase::Connecting(host), "Connecting to a peer"),
+            (Phase::Relaying(host), "via relay"),
+            (Phase::Delivered(Transport::WebRtc), "Verifying"),
+        ];
+        for (phase, expected) in cases {
+            let (state, words) = describe(&fetching(phase));
+            assert_eq!(state, PageState::Fetching);
+            assert!(words.contains(expected), "{phase:?}: {words}");
+        }
+        let receiving = Situation {
+            progress: Some((512, 2048)),
+            ..fetching(Phase::Receiving(host))
+        };
+        assert_eq!(describe(&receiving).1, "Fetching from a peer… 25%");
+    }
+
+    #[test]
+    fn gone_is_said_plainly_even_offline() {
+        let situation = Situation {
+            connection: Connection::Reconnecting,
+            ..fetching(Phase::Gone)
+        };
+        let (state, words) = describe(&situation);
+        assert_eq!(state, PageState::Gone);
+        assert!(words.contains("gone"), "{words}");
+    }
+
+    #[test]
+    fn failures_win_over_everything_but_home() {
+        let situation = Situation {
+            failure: Some("every host sent wrong bytes"),
+            ..fetching(Phase::Failed)
+        };
+        let (state, words) = describe(&situation);
+        assert_eq!(state, PageState::Failed);
+        assert!(words.contains("every host sent wrong bytes"), "{words}");
+        let home = Situation {
+            home: true,
+            ..situation
+        };
+        assert_eq!(describe(&home).0, PageState::Home);
+    }
+}
