@@ -245,3 +245,19 @@ async fn a_dropped_link_reconnects_and_keeps_hosting() {
     assert_eq!(fetched.page, page);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_heartbeats_keep_the_link() {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let mut config = peer_config(&server);
+    // A heartbeat unanswered by the next one drops the link; twenty of
+    // them, all answered, must leave the first connection standing.
+    config.heartbeat_interval = Duration::from_millis(25);
+    let peer = connect(&config).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = *peer.status().borrow();
+    assert!(status.online);
+    assert_eq!(status.connections, 1, "never reconnected");
+    server.shutdown().await;
+}
