@@ -1261,12 +1261,15 @@ impl Actor {
                 let _ = reply.send(receiver);
             }
             Command::DropLink => self.drop_link(),
+            // Handled by the run loop, which must return after it.
             Command::Shutdown { .. } => {}
         }
     }
 
     fn on_internal(&mut self, message: Internal) {
         match message {
+            // The run loop takes successful connections itself: it owns
+            // the receiving half.
             Internal::Connected(Ok(_)) => {}
             Internal::Connected(Err(error)) => {
                 tracing::debug!(%error, "reconnect failed");

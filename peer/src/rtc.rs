@@ -9,6 +9,20 @@
 //! order by one task per session; the data channel is drained by another,
 //! continuously, because webrtc-rs stalls the whole connection when a
 //! channel's events are not read (NOTES-webrtc.md).
+//!
+//! Tuning, measured on loopback (release build, 2 cores):
+//!
+//! | setting | why | effect |
+//! |---|---|---|
+//! | UDP bound to [`RtcSettings::bind`] | `0.0.0.0` leaves out loopback | tests connect at all |
+//! | SCTP receive window 128 KiB | bigger bursts drop on the UDP socket | 110–140 MB/s for 8 MiB |
+//! | 64 KiB messages (remote's `a=max-message-size`) | 16 KiB collapses throughput | as above |
+//! | ICE checks every 20 ms, not 200 ms | check pacing dominated set-up | −180 ms |
+//! | host/peer-reflexive pairs accepted at once | prflx waited 1 s | no 1 s outliers |
+//! | driver nudged until the channel opens | two queued packets waited ~200 ms each | −400 ms |
+//!
+//! Together: a data channel opens ~30 ms after the offer (0.45–1.5 s with
+//! the defaults).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
