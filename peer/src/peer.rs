@@ -588,7 +588,10 @@ impl Actor {
     }
 
     fn schedule_reconnect(&mut self) {
-        self.reconnect_at = Some(Instant::now() + self.backoff);
+        // Half to all of the backoff, at random: after a server restart,
+        // every peer would otherwise knock at the same instants.
+        let delay = self.backoff.mul_f64(rand::random_range(0.5..=1.0));
+        self.reconnect_at = Some(Instant::now() + delay);
         self.backoff = (self.backoff * 2).min(self.config.reconnect_max);
     }
 
