@@ -64,7 +64,7 @@ fn build() -> Result<()> {
 
 fn run(server_args: &[String]) -> Result<()> {
     build()?;
-    let binary = root().join("target/release/signal-server");
+    let binary = target_dir().join("release/signal-server");
     step(&format!(
         "serving on http://localhost:{}",
         port_of(RUN_BIND)
@@ -109,7 +109,7 @@ fn build_client() -> Result<()> {
         "--profile",
         "wasm-release",
     ]))?;
-    let input = root().join(format!("target/{WASM_TARGET}/wasm-release/web_client.wasm"));
+    let input = target_dir().join(format!("{WASM_TARGET}/wasm-release/web_client.wasm"));
     let out_dir = root().join("static/pkg");
     step("generating JS bindings (wasm-bindgen)");
     wasm_bindgen_cli_support::Bindgen::new()
@@ -155,7 +155,7 @@ fn build_server() -> Result<()> {
     // The embedding macro tracks the files it embedded, not the folder: a
     // file added since the last build (a first client build, say) would be
     // missed. Touching the module that embeds makes cargo rebuild it.
-    let binary = root().join("target/release/signal-server");
+    let binary = target_dir().join("release/signal-server");
     let built_at = modified(&binary);
     if built_at.is_none_or(|built| newest_in(&root().join("static")) > Some(built)) {
         let assets = root().join("signal-server/src/assets.rs");
@@ -200,12 +200,15 @@ fn ensure_browser() -> Result<()> {
 /// wasm-opt from the npm package, installed under `target/` on first use.
 /// `None` when it cannot be had (no npm, no network): the build goes on.
 fn wasm_opt() -> Option<PathBuf> {
-    let prefix = root().join("target/tools");
+    let prefix = target_dir().join("tools");
     let binary = prefix.join("node_modules/.bin/wasm-opt");
     if binary.exists() {
         return Some(binary);
     }
-    step("installing wasm-opt (npm package binaryen) into target/tools");
+    step(&format!(
+        "installing wasm-opt (npm package binaryen) into {}",
+        prefix.display()
+    ));
     let installed = Command::new("npm")
         .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
         .arg(&prefix)
@@ -227,6 +230,15 @@ fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root());
     command
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, as cargo
+/// itself reads it, else `target/` in the workspace.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
 }
 
 /// The workspace root: xtask lives one level below it.
