@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ephemeral_peer::{FetchError, Transport};
+use ephemeral_peer::{FetchError, PeerConfig, Transport};
 use ephemeral_shared::{FetchFailure, PageHash};
 
 use crate::fake_host::{FakeHost, Misbehaviour};
@@ -260,4 +260,37 @@ async fn answered_heartbeats_keep_the_link() {
     assert!(status.online);
     assert_eq!(status.connections, 1, "never reconnected");
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_heartbeat_drops_the_link_and_reconnects() {
+    use futures_util::StreamExt;
+
+    init_logs();
+    // A "server" that accepts websockets and then never says a word: the
+    // half-open link a heartbeat exists to detect.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("its address");
+    let accepted = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            if let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await {
+                // Read (and drop) what the peer sends, answer nothing.
+                tokio::spawn(async move { while socket.next().await.is_some() {} });
+            }
+        }
+    });
+    let mut config = PeerConfig::new(format!("ws://{address}/ws/websocket?vsn=2.0.0"));
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.reconnect_min = Duration::from_millis(10);
+    let peer = connect(&config).await;
+    let mut status = peer.status();
+    within(
+        "the silent link is dropped and replaced",
+        status.wait_for(|s| s.connections >= 2),
+    )
+    .await
+    .expect("status");
+    accepted.abort();
 }
