@@ -345,6 +345,38 @@ mod tests {
     }
 
     #[test]
+    fn flags_reach_the_peer_config() {
+        let cli = Cli::try_parse_from([
+            "ephemeral-peer",
+            "get",
+            "abc",
+            "--relay-only",
+            "--rtc-timeout",
+            "1.5",
+            "--bind",
+            "127.0.0.1",
+            "--ice-server",
+            "stun:127.0.0.1:3478",
+            "--ice-server",
+            "turn:u:p@127.0.0.1:3478",
+            "--server",
+            "ws://127.0.0.1:9/ws/websocket?vsn=2.0.0",
+        ])
+        .expect("the flags parse");
+        let config = peer_config(&cli.options).expect("a config");
+        assert!(!config.fetch.webrtc);
+        assert_eq!(config.fetch.rtc_timeout, Duration::from_millis(1500));
+        assert_eq!(config.rtc.bind, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(config.rtc.ice_servers.len(), 2);
+        assert_eq!(config.rtc.ice_servers[1].username.as_deref(), Some("u"));
+        assert_eq!(config.server, "ws://127.0.0.1:9/ws/websocket?vsn=2.0.0");
+
+        let bad = Cli::try_parse_from(["ephemeral-peer", "--rtc-timeout", "0", "get", "x"])
+            .expect("parses");
+        assert!(peer_config(&bad.options).is_err());
+    }
+
+    #[test]
     fn pages_are_named_by_url_or_hash() {
         let hash = PageHash::of(b"x");
         assert_eq!(parse_page(&hash.to_string()).unwrap(), hash);
