@@ -19,6 +19,12 @@
 //! - [`rtc`]: one peer connection and its data channel, tuned for speed.
 //! - [`signaling`]: the raw websocket to the server, frame in, frame out.
 //!
+//! For benchmarks and tests: every [`Fetched`] carries its [`Transport`] and
+//! [`FetchTimings`] (routed, channel open, time to content);
+//! [`Peer::connect_many`] runs a swarm in one process; [`Peer::served`]
+//! counts each host's uploads by transport; [`Peer::status`] follows the
+//! link through reconnects.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use ephemeral_peer::{Peer, PeerConfig};
