@@ -195,6 +195,17 @@ impl App {
         self.on(self.view.share.as_ref(), "click", move |_| {
             with(&app, |app| app.share())
         })?;
+        // Ctrl+Enter (⌘+Enter) shares from the editor, as in most editors.
+        let app = Rc::downgrade(self);
+        self.on(self.view.editor.as_ref(), "keydown", move |event| {
+            let Ok(key) = event.dyn_into::<web_sys::KeyboardEvent>() else {
+                return;
+            };
+            if key.key() == "Enter" && (key.ctrl_key() || key.meta_key()) {
+                key.prevent_default();
+                with(&app, |app| app.share());
+            }
+        })?;
         let app = Rc::downgrade(self);
         self.on(self.view.copy_link.as_ref(), "click", move |_| {
             with(&app, |app| app.copy_link())

@@ -45,6 +45,7 @@ pub enum Delivery {
 
 /// Handles to every element the client writes to.
 pub struct View {
+    document: Document,
     app: HtmlElement,
     status: HtmlElement,
     home: HtmlElement,
@@ -65,6 +66,7 @@ impl View {
     /// Finds the elements; an error names the one missing from index.html.
     pub fn find(document: &Document) -> Result<Self, JsValue> {
         Ok(Self {
+            document: document.clone(),
             app: element(document, "app")?,
             status: element(document, "status")?,
             home: element(document, "home")?,
@@ -141,6 +143,22 @@ impl View {
     pub fn show_page(&self, text: &str) {
         self.content.set_text_content(Some(text));
         self.content.set_hidden(false);
+        // The tab's title names the page by its first line, so a visitor
+        // with many tabs finds it; a title is text, never markup.
+        let first_line: String = text
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty())
+            .unwrap_or("")
+            .trim_start_matches('#')
+            .trim()
+            .chars()
+            .take(60)
+            .collect();
+        self.document.set_title(&match first_line.as_str() {
+            "" => "Ephemeral".to_string(),
+            line => format!("{line} · Ephemeral"),
+        });
     }
 }
 
