@@ -56,6 +56,7 @@ pub struct View {
     host_count: HtmlElement,
     transport: HtmlElement,
     progress: HtmlProgressElement,
+    link_row: HtmlElement,
     pub link: HtmlInputElement,
     pub copy_link: HtmlElement,
     content: HtmlElement,
@@ -77,6 +78,7 @@ impl View {
             host_count: element(document, "host-count")?,
             transport: element(document, "transport")?,
             progress: element(document, "progress")?,
+            link_row: element(document, "link-row")?,
             link: element(document, "link")?,
             copy_link: element(document, "copy-link")?,
             content: element(document, "content")?,
@@ -89,6 +91,8 @@ impl View {
         self.home.set_hidden(state != PageState::Home);
         self.viewer.set_hidden(state == PageState::Home);
         self.gone.set_hidden(state != PageState::Gone);
+        // A gone page has nothing to show and no link worth sharing.
+        self.link_row.set_hidden(state == PageState::Gone);
         if state == PageState::Gone {
             self.content.set_hidden(true);
         }

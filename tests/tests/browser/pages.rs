@@ -154,6 +154,7 @@ async fn the_last_host_leaving_makes_the_page_gone() {
         )
         .await;
     assert!(seen.gone_visible, "the gone notice shows: {seen:#?}");
+    b.screenshot("gone.png").await;
     assert!(seen.status.contains("gone"), "{seen:#?}");
     assert!(!seen.content_visible, "no stale content: {seen:#?}");
     let new_page = b
