@@ -27,7 +27,6 @@ use ephemeral_shared::protocol::{
     Content, ContentRequest, HostRequest, IceServer, JoinReply, NO_HOSTS, RequestRouted,
     SignalBody, SignalFrom, SignalTo, VisitorsCount,
 };
-use ephemeral_shared::topic::PHOENIX_TOPIC;
 use ephemeral_shared::{
     Fetch, FetchAction, FetchConfig, FetchFailure, Frame, PageHash, PeerId, Phase, Role, Topic,
     Transport,
@@ -614,13 +613,7 @@ impl Actor {
                 self.drop_link();
             } else {
                 let msg_ref = self.next_ref();
-                let frame = Frame::new(
-                    None,
-                    Some(msg_ref.clone()),
-                    PHOENIX_TOPIC,
-                    event::HEARTBEAT,
-                    Map::new(),
-                );
+                let frame = Frame::heartbeat(msg_ref.clone());
                 self.send_frame(&frame);
                 self.pending.insert(msg_ref.clone(), Pending::Heartbeat);
                 self.heartbeat_outstanding = Some(msg_ref);

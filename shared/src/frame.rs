@@ -95,6 +95,18 @@ impl Frame {
         }
     }
 
+    /// A heartbeat: topic `phoenix`, no join ref, an empty payload. The
+    /// server answers it with an ok reply carrying `msg_ref`.
+    pub fn heartbeat(msg_ref: String) -> Self {
+        Self::new(
+            None,
+            Some(msg_ref),
+            crate::topic::PHOENIX_TOPIC,
+            event::HEARTBEAT,
+            Map::new(),
+        )
+    }
+
     /// A frame whose payload is a typed value that serializes to an object.
     pub fn with_payload<P: Serialize>(
         join_ref: Option<String>,
@@ -260,6 +272,14 @@ mod tests {
         assert_eq!(
             Frame::parse(r#"["1","1","t","e",7]"#),
             Err(FrameError::PayloadNotObject)
+        );
+    }
+
+    #[test]
+    fn heartbeats_are_what_phoenix_clients_send() {
+        assert_eq!(
+            Frame::heartbeat("9".into()).encode(),
+            r#"[null,"9","phoenix","heartbeat",{}]"#
         );
     }
 

@@ -292,13 +292,7 @@ impl Socket {
             return;
         }
         let msg_ref = state.take_ref();
-        let frame = Frame::new(
-            None,
-            Some(msg_ref.clone()),
-            PHOENIX_TOPIC,
-            event::HEARTBEAT,
-            Map::new(),
-        );
+        let frame = Frame::heartbeat(msg_ref.clone());
         if state.send(&frame) {
             state.heartbeat_ref = Some(msg_ref);
         }

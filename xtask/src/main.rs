@@ -15,7 +15,6 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 
@@ -152,17 +151,6 @@ fn build_client() -> Result<()> {
 
 /// Builds the release server, which embeds `static/`.
 fn build_server() -> Result<()> {
-    // The embedding macro tracks the files it embedded, not the folder: a
-    // file added since the last build (a first client build, say) would be
-    // missed. Touching the module that embeds makes cargo rebuild it.
-    let binary = target_dir().join("release/signal-server");
-    let built_at = modified(&binary);
-    if built_at.is_none_or(|built| newest_in(&root().join("static")) > Some(built)) {
-        let assets = root().join("signal-server/src/assets.rs");
-        if let Ok(file) = std::fs::File::options().append(true).open(&assets) {
-            file.set_modified(SystemTime::now())?;
-        }
-    }
     step("building the release server (embeds static/)");
     check(cargo().args(["build", "--release", "--package", "signal-server"]))
 }
@@ -279,25 +267,6 @@ fn file_size(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path)
         .with_context(|| format!("{} is missing", path.display()))?
         .len())
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// The newest modification time of any file under `dir`.
-fn newest_in(dir: &Path) -> Option<SystemTime> {
-    let mut newest = modified(dir);
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let time = if path.is_dir() {
-            newest_in(&path)
-        } else {
-            modified(&path)
-        };
-        newest = newest.max(time);
-    }
-    newest
 }
 
 fn port_of(bind: &str) -> &str {
