@@ -38,7 +38,10 @@ async fn a_page_moves_between_browsers_over_webrtc_and_counts_its_hosts() {
     assert!(seen.transport_text.contains("WebRTC"), "{seen:#?}");
     assert!(seen.status.contains("Verified"), "{seen:#?}");
     let title = b.client.title().await.expect("a title");
-    assert_eq!(title, "Hello from A · Ephemeral", "the tab is named by the page");
+    assert_eq!(
+        title, "Hello from A · Ephemeral",
+        "the tab is named by the page"
+    );
 
     b.wait_for("B to count 2 hosts", |s| hosts(s, 2)).await;
     a.wait_for("A to count 2 hosts", |s| hosts(s, 2)).await;
