@@ -9,18 +9,16 @@
 //! Chromium runs under ChromeDriver in its own PID namespace where the
 //! machine allows it, so that nothing it starts outlives the benchmark.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ephemeral_peer::{FetchOptions, Peer, Transport};
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use fantoccini::{Client, Locator};
 use serde_json::{Value as Json, json};
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
+
+use ephemeral_tests::chromium::{self, ChromeDriver};
 
 use crate::children;
 use crate::phoenix::{self, Endpoint};
@@ -28,8 +26,6 @@ use crate::report::{Better, Row, Value};
 use crate::ttc::peer_config;
 
 const BENCHMARK: &str = "4. Data-channel throughput";
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The web client refuses pages over 1 MiB (web-client/src/app.rs).
 const PAGE_BYTES: usize = 1 << 20;
 /// Every wait on the browser is bounded.
@@ -37,11 +33,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(runs: usize, workspace: &Path) -> Result<Row> {
     let metric = "1 MiB, browser→native";
-    for needed in [CHROMIUM, CHROMEDRIVER] {
-        if !Path::new(needed).exists() {
-            let why = format!("{needed} is missing (`cargo xtask test` installs Chromium)");
-            return Ok(Row::not_measured(BENCHMARK, metric, why));
-        }
+    if let Some(why) = chromium::missing() {
+        return Ok(Row::not_measured(BENCHMARK, metric, why));
     }
     if !workspace.join("static/pkg/web_client_bg.wasm").exists() {
         let why = "the web client is not built: run `cargo xtask build` first";
@@ -50,8 +43,8 @@ pub async fn run(runs: usize, workspace: &Path) -> Result<Row> {
     let server = children::signal_server(&[]).await?;
     let base = format!("http://{}", server.addr);
     let url = Endpoint::phoenix(server.addr).url;
-    let driver = Driver::start().await?;
-    let browser = driver.browser().await?;
+    let driver = ChromeDriver::start().await?;
+    let browser = driver.session(&profile_dir()).await?;
 
     let mut rates = Vec::with_capacity(runs);
     let mut setups = Vec::with_capacity(runs);
@@ -155,118 +148,7 @@ async fn wait_for_state(browser: &Client, state: &str) -> Result<()> {
     bail!("the page did not reach state {state:?} within {WAIT:?} (last: {last})")
 }
 
-/// ChromeDriver on a free loopback port, accepting loopback only; killed
-/// (with every Chromium it started, when namespaced) on drop.
-struct Driver {
-    _child: Child,
-    url: String,
-}
-
-impl Driver {
-    /// Starts ChromeDriver, on a fresh port each try: a port the OS calls
-    /// free may still be held by a TIME_WAIT connection of an earlier
-    /// benchmark, and ChromeDriver (unlike Rust's listeners) does not bind
-    /// with SO_REUSEADDR, so it exits at once there.
-    async fn start() -> Result<Self> {
-        let mut last_error = None;
-        for _ in 0..3 {
-            match Self::start_once().await {
-                Ok(driver) => return Ok(driver),
-                Err(error) => last_error = Some(error),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("chromedriver did not start")))
-    }
-
-    async fn start_once() -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("no free loopback port")?
-            .port();
-        let mut command = if own_pid_namespace_works().await {
-            let mut command = Command::new("unshare");
-            command.args([
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "--mount-proc",
-                CHROMEDRIVER,
-            ]);
-            command
-        } else {
-            Command::new(CHROMEDRIVER)
-        };
-        let mut child = command
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start chromedriver")?;
-        let deadline = Instant::now() + WAIT / 3;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("chromedriver exited ({status}) instead of listening on port {port}");
-            }
-            if Instant::now() > deadline {
-                bail!("chromedriver did not listen on port {port}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Self {
-            _child: child,
-            url: format!("http://127.0.0.1:{port}"),
-        })
-    }
-
-    /// A headless Chromium with a fresh profile.
-    async fn browser(&self) -> Result<Client> {
-        let profile = profile_dir();
-        let _ = std::fs::remove_dir_all(&profile);
-        std::fs::create_dir_all(&profile).context("cannot create a Chromium profile")?;
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            // Real host addresses in ICE candidates, not mDNS names.
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
-            &format!("--user-data-dir={}", profile.display()),
-        ];
-        let Json::Object(capabilities) = json!({
-            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
-        }) else {
-            bail!("capabilities are an object");
-        };
-        ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&self.url)
-            .await
-            .context("ChromeDriver cannot start Chromium")
-    }
-}
-
 /// The benchmark's Chromium profile, fresh each run.
 fn profile_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("ephemeral-bench-chromium-{}", std::process::id()))
-}
-
-/// Whether `unshare` can give ChromeDriver its own PID namespace here.
-async fn own_pid_namespace_works() -> bool {
-    Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", "--mount-proc", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|status| status.success())
 }

@@ -1,3 +1,7 @@
-//! This crate only holds tests: `tests/peers/` (native webrtc-rs peers
-//! against a real server) and `tests/browser/` (headless Chromium). Cargo
-//! needs a library target for a package, so this file is it.
+//! Support shared by the workspace-level tests and the benchmarks. The
+//! tests themselves are in `tests/peers/` (native webrtc-rs peers against a
+//! real server) and `tests/browser/` (headless Chromium).
+//!
+//! - [`chromium`]: ChromeDriver and headless Chromium sessions.
+
+pub mod chromium;

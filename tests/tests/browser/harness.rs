@@ -3,20 +3,15 @@
 //! loopback port, headless Chromium sessions each with a fresh profile, a
 //! snapshot of the page's test hooks, and a bound on every wait.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use ephemeral_tests::chromium::{self, ChromeDriver};
+use fantoccini::Client;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// A wait that takes longer than this is a failure, not a stuck run.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -33,7 +28,7 @@ pub struct World {
     addr: std::net::SocketAddr,
     config: signal_server::Config,
     pub base: String,
-    driver: Driver,
+    driver: ChromeDriver,
     profiles: Vec<PathBuf>,
     _turn: MutexGuard<'static, ()>,
 }
@@ -48,12 +43,8 @@ impl World {
     pub async fn start_with(config: signal_server::Config) -> World {
         let turn = ONE_AT_A_TIME.lock().await;
         require_client_built();
-        for binary in [CHROMIUM, CHROMEDRIVER] {
-            assert!(
-                Path::new(binary).exists(),
-                "{binary} is missing: install Chromium with `cargo xtask test` \
-                 (or `apt-get install chromium chromium-driver`)"
-            );
+        if let Some(why) = chromium::missing() {
+            panic!("{why}");
         }
         let config = signal_server::Config {
             bind: "127.0.0.1:0".parse().expect("a literal address"),
@@ -64,7 +55,7 @@ impl World {
             .expect("the signaling server starts");
         let addr = server.local_addr();
         let base = format!("http://{addr}");
-        let driver = Driver::start().await;
+        let driver = ChromeDriver::start().await.expect("ChromeDriver starts");
         World {
             server: Some(server),
             addr,
@@ -80,31 +71,9 @@ impl World {
     /// visitor, sharing nothing with the others.
     pub async fn browser(&mut self) -> Browser {
         let profile = fresh_profile();
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--window-size=1100,900",
-            // Real host addresses in ICE candidates instead of mDNS names,
-            // so two browsers on one machine can reach each other.
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
-            &format!("--user-data-dir={}", profile.display()),
-        ];
-        let capabilities = json!({
-            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
-        });
-        let Value::Object(capabilities) = capabilities else {
-            unreachable!("a literal object");
-        };
-        let client = ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&self.driver.url)
+        let client = self
+            .driver
+            .session(&profile)
             .await
             .expect("ChromeDriver starts a Chromium session");
         self.profiles.push(profile);
@@ -163,120 +132,15 @@ pub fn repo_root() -> PathBuf {
     tests.parent().map(Path::to_path_buf).unwrap_or(tests)
 }
 
+/// A profile directory no other session uses ([`ChromeDriver::session`]
+/// empties it).
 fn fresh_profile() -> PathBuf {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    std::env::temp_dir().join(format!(
         "ephemeral-browser-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a fresh profile directory");
-    dir
-}
-
-/// ChromeDriver on a free loopback port, accepting loopback only.
-///
-/// Where the machine allows it (root, as in CI), ChromeDriver runs as the
-/// first process of its own PID namespace: everything it and Chromium start
-/// lives and dies inside, so killing it on drop leaves nothing behind, and
-/// no signal sent in there can reach a process outside the test.
-struct Driver {
-    child: Child,
-    url: String,
-    /// ChromeDriver's own log, quoted when it fails; removed on drop.
-    log: PathBuf,
-}
-
-impl Driver {
-    /// Starts ChromeDriver, trying again on a new port if it exits early
-    /// (another process may take a free port between our probe and its bind).
-    async fn start() -> Driver {
-        let namespace = own_pid_namespace_works();
-        let mut failures = Vec::new();
-        for _ in 0..3 {
-            match Self::try_start(namespace).await {
-                Ok(driver) => return driver,
-                Err(why) => failures.push(why),
-            }
-        }
-        panic!("chromedriver would not start: {failures:#?}");
-    }
-
-    async fn try_start(namespace: bool) -> Result<Driver, String> {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("ephemeral-chromedriver-{port}.log"));
-        let mut command = if namespace {
-            let mut command = Command::new("unshare");
-            command.args([
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "--mount-proc",
-                CHROMEDRIVER,
-            ]);
-            command
-        } else {
-            Command::new(CHROMEDRIVER)
-        };
-        let child = command
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .arg(format!("--log-path={}", log.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run {CHROMEDRIVER}: {e}"))?;
-        let mut driver = Driver {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log: log.clone(),
-        };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-            if let Ok(Some(status)) = driver.child.try_wait() {
-                return Err(format!(
-                    "exited with {status} on port {port}: {}",
-                    log_text()
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "not listening on {port} after {WAIT:?}: {}",
-                    log_text()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(driver)
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // In a namespace, `unshare --kill-child` takes ChromeDriver with it,
-        // and the namespace's end takes every Chromium process.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn own_pid_namespace_works() -> bool {
-    Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", "--mount-proc", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    ))
 }
 
 /// One browser (one Chromium, one profile, one tab).
