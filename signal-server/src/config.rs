@@ -76,6 +76,19 @@ pub struct Config {
     #[arg(long, env = "EPHEMERAL_COUNT_INTERVAL_MS", default_value_t = 20)]
     pub count_interval_ms: u64,
 
+    /// Visitors one host is asked to serve at once. Further requests wait
+    /// for a free slot, which comes when a visitor has the page (it leaves
+    /// `want:`) or when a new host joins — often that visitor itself. So a
+    /// crowd is served by the swarm it grows, not all by the first host.
+    #[arg(long, env = "EPHEMERAL_MAX_UPLOADS_PER_HOST", default_value_t = 4)]
+    pub max_uploads_per_host: usize,
+
+    /// Milliseconds a request waits for a free slot before it goes to a
+    /// busy host anyway, so hosts whose visitors never leave cannot stall
+    /// a page.
+    #[arg(long, env = "EPHEMERAL_QUEUE_WAIT_MS", default_value_t = 2000)]
+    pub queue_wait_ms: u64,
+
     /// Most websocket connections at once; further upgrades get 503.
     #[arg(long, env = "EPHEMERAL_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
@@ -123,6 +136,8 @@ impl Default for Config {
             idle_timeout_secs: 60,
             outbound_queue: 256,
             count_interval_ms: 20,
+            max_uploads_per_host: 4,
+            queue_wait_ms: 2000,
             max_connections: 100_000,
             selection: Selection::Uniform,
             allowed_origins: Vec::new(),
@@ -135,6 +150,10 @@ impl Default for Config {
 impl Config {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn queue_wait(&self) -> Duration {
+        Duration::from_millis(self.queue_wait_ms)
     }
 
     pub fn count_interval(&self) -> Duration {

@@ -10,8 +10,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use ephemeral_shared::frame::{Frame, event};
 use ephemeral_shared::protocol::{
-    Content, ContentRequest, HostRequest, JoinReply, NO_HOSTS, PeerId, RequestRouted, SignalFrom,
-    SignalTo,
+    Content, ContentRequest, HostRequest, JoinReply, NO_HOSTS, PeerId, SignalFrom, SignalTo,
 };
 use ephemeral_shared::rate::RateLimiter;
 use ephemeral_shared::selection::Selection;
@@ -23,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::AppState;
 use crate::metrics::Rejection;
-use crate::registry::{Conn, Member, Outbound};
+use crate::registry::{Conn, Member, Outbound, Request, Routing};
 
 /// Close codes (RFC 6455).
 mod close {
@@ -319,14 +318,45 @@ impl Session {
         let request: ContentRequest = frame
             .payload_as()
             .map_err(|e| (Rejection::BadPayload, e.to_string()))?;
-        let selection = self.state.config.selection;
-        let registry = &self.state.registry;
-        let (hosts, eligible) =
-            registry.pick_hosts(topic.hash, self.peer(), &request.exclude, selection);
+        if self.state.config.selection == Selection::CoinFlip {
+            return Ok(vec![self.coin_flip_request(frame, topic, request)]);
+        }
+        let visitor = Member {
+            conn: self.conn.clone(),
+            join_ref: frame.join_ref.clone(),
+        };
+        let request = Request {
+            visitor,
+            msg_ref: frame.msg_ref.clone(),
+            relay: request.relay,
+            exclude: request.exclude,
+        };
+        // The registry queues the reply on this socket (now, or when a host
+        // has a free slot), ahead of anything the host will send.
+        if let Routing::Queued(ticket) = self.state.registry.request(topic.hash, request) {
+            let state = Arc::downgrade(&self.state);
+            let wait = self.state.config.queue_wait();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(state) = state.upgrade() {
+                    state.registry.route_overdue(topic.hash, ticket);
+                }
+            });
+        }
+        Ok(Vec::new())
+    }
+
+    /// The seed's routing: every host gets the request with probability
+    /// 1/n; the reply says how many did.
+    fn coin_flip_request(&self, frame: &Frame, topic: Topic, request: ContentRequest) -> Frame {
         let metrics = &self.state.metrics;
+        let (hosts, eligible) =
+            self.state
+                .registry
+                .coin_flip_hosts(topic.hash, self.peer(), &request.exclude);
         if eligible == 0 {
             metrics.requests_no_host.fetch_add(1, Ordering::Relaxed);
-            return Ok(vec![frame.reply_error(NO_HOSTS)]);
+            return frame.reply_error(NO_HOSTS);
         }
         let have = topic.opposite().to_string();
         for host in &hosts {
@@ -345,14 +375,7 @@ impl Session {
             host.conn.deliver(text.into(), metrics);
             metrics.requests_routed.fetch_add(1, Ordering::Relaxed);
         }
-        let reply = match (selection, hosts.first()) {
-            (Selection::Uniform, Some(host)) => frame.reply_ok(&RequestRouted {
-                host: host.conn.peer,
-            }),
-            // The seed told the visitor nothing; say how many coins came up.
-            _ => frame.reply_ok(&json!({ "routed": hosts.len() })),
-        };
-        Ok(vec![reply])
+        frame.reply_ok(&json!({ "routed": hosts.len() }))
     }
 
     fn content(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {

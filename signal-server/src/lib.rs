@@ -111,7 +111,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::channel(1);
     let state = Arc::new(AppState {
-        registry: Registry::new(metrics.clone()),
+        registry: Registry::new(metrics.clone(), config.max_uploads_per_host),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         connection_limit: Arc::new(Semaphore::new(config.max_connections)),

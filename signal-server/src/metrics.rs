@@ -86,6 +86,8 @@ pub struct Metrics {
     pub topics: AtomicI64,
     pub requests_routed: AtomicU64,
     pub requests_no_host: AtomicU64,
+    /// Requests that waited for a host's free upload slot.
+    pub requests_queued: AtomicU64,
     pub signals_relayed: AtomicU64,
     /// Page bytes sent to visitors over the websocket relay.
     pub relayed_bytes: AtomicU64,
@@ -130,6 +132,11 @@ impl Metrics {
                 "ephemeral_requests_no_host_total",
                 "content_request messages answered no_hosts.",
                 &self.requests_no_host,
+            ),
+            (
+                "ephemeral_requests_queued_total",
+                "content_request messages that waited for a free upload slot.",
+                &self.requests_queued,
             ),
             (
                 "ephemeral_signals_relayed_total",

@@ -1,18 +1,19 @@
 //! Who is on which topic: the hosts and waiting visitors of every page, by
-//! peer id, and the send queue of each connection. Also the coalesced
-//! `visitors_count` broadcasts.
+//! peer id, and the send queue of each connection. Also which host serves
+//! which visitor (upload slots, and the requests waiting for one), and the
+//! coalesced `visitors_count` broadcasts.
 //!
 //! One mutex guards the whole map; every critical section is a lookup or an
 //! insert, and messages are delivered after the lock is released.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use ephemeral_shared::frame::{Frame, event};
-use ephemeral_shared::protocol::{PeerId, VisitorsCount};
+use ephemeral_shared::protocol::{HostRequest, NO_HOSTS, PeerId, RequestRouted, VisitorsCount};
 use ephemeral_shared::selection::Selection;
 use ephemeral_shared::{PageHash, Role, Topic};
 use indexmap::IndexMap;
@@ -77,13 +78,102 @@ struct Page {
     /// Insertion-ordered so selection can index uniformly at random.
     hosts: IndexMap<PeerId, Member>,
     wanters: IndexMap<PeerId, Member>,
+    /// Visitor → the host routed to serve it. The host's upload slot is
+    /// taken until the visitor leaves `want:`, goes, or asks again.
+    serving: HashMap<PeerId, PeerId>,
+    /// Upload slots taken, per host.
+    uploads: HashMap<PeerId, usize>,
+    /// Requests waiting for a host with a free slot, oldest first.
+    queue: VecDeque<Queued>,
 }
+
+enum Choice {
+    Host(PeerId),
+    /// Hosts it may use exist, but none has a free slot.
+    AllBusy,
+    Nobody,
+}
+
+/// The visitor's original push, rebuilt to reply to it.
+fn reply_frame(hash: PageHash, request: &Request) -> Frame {
+    Frame::new(
+        request.visitor.join_ref.clone(),
+        request.msg_ref.clone(),
+        Topic::want(hash).to_string(),
+        event::CONTENT_REQUEST,
+        Default::default(),
+    )
+}
+
+/// A `content_request` as the server needs it to answer later.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The visitor, as a member of `want:<hash>`.
+    pub visitor: Member,
+    /// The ref of the push, for the reply.
+    pub msg_ref: Option<String>,
+    pub relay: bool,
+    pub exclude: Vec<PeerId>,
+}
+
+#[derive(Debug)]
+struct Queued {
+    ticket: u64,
+    request: Request,
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Sent to a host; the visitor has its reply.
+    Routed,
+    /// Every host it may use is busy; it waits under this ticket.
+    Queued(u64),
+    /// No host it may use; the visitor has its `no_hosts` reply.
+    NoHosts,
+}
+
+/// Messages to send once the lock is released.
+type Deliveries = Vec<(Arc<Conn>, Utf8Bytes)>;
 
 impl Page {
     fn side(&mut self, role: Role) -> &mut IndexMap<PeerId, Member> {
         match role {
             Role::Have => &mut self.hosts,
             Role::Want => &mut self.wanters,
+        }
+    }
+
+    /// Frees the slot `visitor` held, and drops any request it had queued.
+    fn end_request_of(&mut self, visitor: PeerId) {
+        if let Some(host) = self.serving.remove(&visitor)
+            && let Some(taken) = self.uploads.get_mut(&host)
+        {
+            *taken = taken.saturating_sub(1);
+        }
+        self.queue
+            .retain(|q| q.request.visitor.conn.peer != visitor);
+    }
+
+    /// A host for `request`, uniformly among those it may use that have a
+    /// free slot (any slot count when `max_uploads` is `None`).
+    fn choose(&self, request: &Request, max_uploads: Option<usize>) -> Choice {
+        let visitor = request.visitor.conn.peer;
+        let hosts: Vec<PeerId> = self.hosts.keys().copied().collect();
+        let usable = |host: &PeerId| *host != visitor && !request.exclude.contains(host);
+        let free = |host: &PeerId| {
+            max_uploads.is_none_or(|max| self.uploads.get(host).copied().unwrap_or(0) < max)
+        };
+        let mut rng = rand::rng();
+        let picked = Selection::Uniform.pick(
+            &hosts,
+            |h| usable(h) && free(h),
+            || rand::Rng::random(&mut rng),
+        );
+        match picked.first() {
+            Some(&i) => Choice::Host(hosts[i]),
+            None if hosts.iter().any(usable) => Choice::AllBusy,
+            None => Choice::Nobody,
         }
     }
 
@@ -102,15 +192,20 @@ pub struct Registry {
     dirty: Mutex<HashSet<PageHash>>,
     dirty_notify: Notify,
     pub metrics: Arc<Metrics>,
+    /// Uploads one host is given at once before requests wait for a slot.
+    max_uploads_per_host: usize,
+    next_ticket: AtomicU64,
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, max_uploads_per_host: usize) -> Self {
         Self {
             pages: Mutex::default(),
             dirty: Mutex::default(),
             dirty_notify: Notify::new(),
             metrics,
+            max_uploads_per_host: max_uploads_per_host.max(1),
+            next_ticket: AtomicU64::new(0),
         }
     }
 
@@ -124,12 +219,17 @@ impl Registry {
 
     /// Adds `member` to `topic` and returns the page's counts.
     pub fn join(&self, topic: Topic, member: Member) -> VisitorsCount {
+        let mut out = Deliveries::new();
         let counts = {
             let mut pages = self.pages();
             let page = pages.entry(topic.hash).or_default();
             page.side(topic.role).insert(member.conn.peer, member);
+            if topic.role == Role::Have {
+                self.dispatch(page, topic.hash, &mut out);
+            }
             page.counts()
         };
+        self.deliver(out);
         self.metrics.topics.fetch_add(1, Ordering::Relaxed);
         self.mark_dirty(topic.hash);
         counts
@@ -137,6 +237,7 @@ impl Registry {
 
     /// Removes `peer` from `topic`; whether it was there.
     pub fn leave(&self, topic: Topic, peer: PeerId) -> bool {
+        let mut out = Deliveries::new();
         let removed = {
             let mut pages = self.pages();
             let Some(page) = pages.get_mut(&topic.hash) else {
@@ -144,11 +245,22 @@ impl Registry {
             };
             // swap_remove is O(1); host order carries no meaning.
             let removed = page.side(topic.role).swap_remove(&peer).is_some();
+            match topic.role {
+                // Served, or given up: either way its host's slot is free.
+                Role::Want => {
+                    page.end_request_of(peer);
+                    self.dispatch(page, topic.hash, &mut out);
+                }
+                Role::Have => {
+                    page.uploads.remove(&peer);
+                }
+            }
             if page.hosts.is_empty() && page.wanters.is_empty() {
                 pages.remove(&topic.hash);
             }
             removed
         };
+        self.deliver(out);
         if removed {
             self.metrics.topics.fetch_sub(1, Ordering::Relaxed);
             self.mark_dirty(topic.hash);
@@ -183,15 +295,14 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// The hosts of `hash` that get a request, chosen by `selection` among
-    /// those that are not `requester` and not in `exclude`. Empty when no
-    /// host is eligible (or, in coin-flip mode, when every coin said no).
-    pub fn pick_hosts(
+    /// The seed's rule (`--selection coin-flip`): each host of `hash`
+    /// other than `requester` and those in `exclude` gets the request with
+    /// probability 1/n. Returns the hosts picked, and n.
+    pub fn coin_flip_hosts(
         &self,
         hash: PageHash,
         requester: PeerId,
         exclude: &[PeerId],
-        selection: Selection,
     ) -> (Vec<Member>, usize) {
         let mut pages = self.pages();
         let Some(page) = pages.get_mut(&hash) else {
@@ -202,11 +313,135 @@ impl Registry {
             |(peer, _): &(&PeerId, &Member)| **peer != requester && !exclude.contains(peer);
         let eligible_count = hosts.iter().filter(|h| eligible(h)).count();
         let mut rng = rand::rng();
-        let picked = selection.pick(&hosts, eligible, || rand::Rng::random(&mut rng));
+        let picked = Selection::CoinFlip.pick(&hosts, eligible, || rand::Rng::random(&mut rng));
         (
             picked.into_iter().map(|i| hosts[i].1.clone()).collect(),
             eligible_count,
         )
+    }
+
+    /// Routes a visitor's request (uniform selection) to one host of
+    /// `hash` with a free upload slot, or queues it when every host it may
+    /// use is busy. A visitor's new request ends its previous one.
+    pub fn request(&self, hash: PageHash, request: Request) -> Routing {
+        let mut out = Deliveries::new();
+        let routing = {
+            let mut pages = self.pages();
+            match pages.get_mut(&hash) {
+                None => {
+                    self.no_hosts(hash, &request, &mut out);
+                    Routing::NoHosts
+                }
+                Some(page) => {
+                    page.end_request_of(request.visitor.conn.peer);
+                    self.dispatch(page, hash, &mut out);
+                    match page.choose(&request, Some(self.max_uploads_per_host)) {
+                        Choice::Host(host) => {
+                            self.route(page, hash, request, host, &mut out);
+                            Routing::Routed
+                        }
+                        Choice::AllBusy => {
+                            let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+                            page.queue.push_back(Queued { ticket, request });
+                            self.metrics.requests_queued.fetch_add(1, Ordering::Relaxed);
+                            Routing::Queued(ticket)
+                        }
+                        Choice::Nobody => {
+                            self.no_hosts(hash, &request, &mut out);
+                            Routing::NoHosts
+                        }
+                    }
+                }
+            }
+        };
+        self.deliver(out);
+        routing
+    }
+
+    /// A queued request has waited long enough: route it to any host it
+    /// may use, busy or not, so that a host whose visitors never leave
+    /// cannot stall a page.
+    pub fn route_overdue(&self, hash: PageHash, ticket: u64) {
+        let mut out = Deliveries::new();
+        {
+            let mut pages = self.pages();
+            let Some(page) = pages.get_mut(&hash) else {
+                return;
+            };
+            let Some(at) = page.queue.iter().position(|q| q.ticket == ticket) else {
+                return;
+            };
+            let Some(Queued { request, .. }) = page.queue.remove(at) else {
+                return;
+            };
+            match page.choose(&request, None) {
+                Choice::Host(host) => self.route(page, hash, request, host, &mut out),
+                _ => self.no_hosts(hash, &request, &mut out),
+            }
+        }
+        self.deliver(out);
+    }
+
+    /// Routes queued requests while hosts have free slots.
+    fn dispatch(&self, page: &mut Page, hash: PageHash, out: &mut Deliveries) {
+        let mut waiting = std::mem::take(&mut page.queue);
+        while let Some(queued) = waiting.pop_front() {
+            if !page.wanters.contains_key(&queued.request.visitor.conn.peer) {
+                continue;
+            }
+            match page.choose(&queued.request, Some(self.max_uploads_per_host)) {
+                Choice::Host(host) => self.route(page, hash, queued.request, host, out),
+                Choice::AllBusy => page.queue.push_back(queued),
+                Choice::Nobody => self.no_hosts(hash, &queued.request, out),
+            }
+        }
+    }
+
+    /// Takes a slot of `host` for the visitor, tells the host who asks and
+    /// the visitor who serves. The reply is queued first, so it reaches the
+    /// visitor before anything the host sends.
+    fn route(
+        &self,
+        page: &mut Page,
+        hash: PageHash,
+        request: Request,
+        host: PeerId,
+        out: &mut Deliveries,
+    ) {
+        let Some(host_member) = page.hosts.get(&host) else {
+            return;
+        };
+        let visitor = request.visitor.conn.peer;
+        let reply = reply_frame(hash, &request).reply_ok(&RequestRouted { host });
+        out.push((request.visitor.conn.clone(), reply.encode().into()));
+        let push = Frame::with_payload(
+            host_member.join_ref.clone(),
+            None,
+            Topic::have(hash).to_string(),
+            event::CONTENT_REQUEST,
+            &HostRequest {
+                from: visitor,
+                relay: request.relay,
+            },
+        );
+        out.push((host_member.conn.clone(), push.encode().into()));
+        page.serving.insert(visitor, host);
+        *page.uploads.entry(host).or_default() += 1;
+        self.metrics.requests_routed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn no_hosts(&self, hash: PageHash, request: &Request, out: &mut Deliveries) {
+        let reply = reply_frame(hash, request).reply_error(NO_HOSTS);
+        out.push((request.visitor.conn.clone(), reply.encode().into()));
+        self.metrics
+            .requests_no_host
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn deliver(&self, out: Deliveries) {
+        for (conn, text) in out {
+            conn.deliver(text, &self.metrics);
+        }
     }
 
     fn mark_dirty(&self, hash: PageHash) {

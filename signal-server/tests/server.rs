@@ -682,3 +682,142 @@ async fn health_metrics_and_pages_over_http() {
     let (status, _, _) = http_get(&server, "/no-such-file.txt").await;
     assert_eq!(status, 404);
 }
+
+fn one_slot(queue_wait_ms: u64) -> Config {
+    Config {
+        max_uploads_per_host: 1,
+        queue_wait_ms,
+        ..Config::default()
+    }
+}
+
+/// A visitor joined to `want`, its peer id, and the ref of its request.
+async fn ask(server: &signal_server::RunningServer, want: &str) -> (Client, String, String) {
+    let mut visitor = Client::connect(server).await;
+    let id = visitor.peer_id(want).await;
+    let msg_ref = visitor.push(want, "content_request", json!({})).await;
+    (visitor, id, msg_ref)
+}
+
+async fn no_reply_yet(visitor: &mut Client, msg_ref: &str) {
+    let reply = visitor
+        .expect_within(Duration::from_millis(200), &|f| {
+            f.event == "phx_reply" && f.msg_ref.as_deref() == Some(msg_ref)
+        })
+        .await;
+    assert!(
+        reply.is_none(),
+        "answered while every host was busy: {reply:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_host_makes_requests_wait_for_a_free_slot() {
+    let server = server(one_slot(10_000)).await;
+    let (have, want) = page("slots");
+    let mut host = Client::connect(&server).await;
+    let host_id = host.peer_id(&have).await;
+
+    let (mut first, first_id, first_ref) = ask(&server, &want).await;
+    assert_eq!(
+        first.reply(&first_ref).await,
+        ("ok".into(), json!({"host": host_id}))
+    );
+    let (mut second, second_id, second_ref) = ask(&server, &want).await;
+    no_reply_yet(&mut second, &second_ref).await;
+    let request = host.expect(|f| f.event == "content_request").await;
+    assert_eq!(request.payload["from"], json!(first_id));
+
+    // The first visitor has the page: it leaves want:, freeing the slot.
+    let (status, _) = first.call(&want, "phx_leave", json!({})).await;
+    assert_eq!(status, "ok");
+    assert_eq!(
+        second.reply(&second_ref).await,
+        ("ok".into(), json!({"host": host_id}))
+    );
+    let request = host.expect(|f| f.event == "content_request").await;
+    assert_eq!(request.payload["from"], json!(second_id));
+    let (_, _, metrics) = http_get(&server, "/metrics").await;
+    assert!(
+        metrics.contains("ephemeral_requests_queued_total 1\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_host_takes_a_waiting_request() {
+    let server = server(one_slot(10_000)).await;
+    let (have, want) = page("new host");
+    let mut busy = Client::connect(&server).await;
+    busy.join(&have).await;
+    let (mut first, _, first_ref) = ask(&server, &want).await;
+    assert_eq!(first.reply(&first_ref).await.0, "ok");
+    let (mut second, second_id, second_ref) = ask(&server, &want).await;
+    no_reply_yet(&mut second, &second_ref).await;
+
+    // Typically the first visitor itself, now hosting.
+    let mut fresh = Client::connect(&server).await;
+    let fresh_id = fresh.peer_id(&have).await;
+    assert_eq!(
+        second.reply(&second_ref).await,
+        ("ok".into(), json!({"host": fresh_id}))
+    );
+    let request = fresh.expect(|f| f.event == "content_request").await;
+    assert_eq!(request.payload["from"], json!(second_id));
+}
+
+#[tokio::test]
+async fn a_request_waits_no_longer_than_the_queue_wait() {
+    let server = server(one_slot(400)).await;
+    let (have, want) = page("overdue");
+    let mut host = Client::connect(&server).await;
+    let host_id = host.peer_id(&have).await;
+    let (mut first, _, first_ref) = ask(&server, &want).await;
+    assert_eq!(first.reply(&first_ref).await.0, "ok");
+    // The first visitor never leaves; after the wait, the busy host gets
+    // the second request anyway.
+    let (mut second, _, second_ref) = ask(&server, &want).await;
+    no_reply_yet(&mut second, &second_ref).await;
+    assert_eq!(
+        second.reply(&second_ref).await,
+        ("ok".into(), json!({"host": host_id}))
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_visitor_that_goes_is_forgotten() {
+    let server = server(one_slot(10_000)).await;
+    let (have, want) = page("forgotten");
+    let mut host = Client::connect(&server).await;
+    host.join(&have).await;
+    let (mut first, _, first_ref) = ask(&server, &want).await;
+    assert_eq!(first.reply(&first_ref).await.0, "ok");
+    let (mut second, _, second_ref) = ask(&server, &want).await;
+    no_reply_yet(&mut second, &second_ref).await;
+    drop(second);
+    // Wait until the server has seen it go: two sockets left.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while !http_get(&server, "/metrics")
+        .await
+        .2
+        .contains("ephemeral_connections 2\n")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the disconnect was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    host.expect(|f| f.event == "content_request").await;
+    let (status, _) = first.call(&want, "phx_leave", json!({})).await;
+    assert_eq!(status, "ok");
+    let stray = host
+        .expect_within(Duration::from_millis(300), &|f| {
+            f.event == "content_request"
+        })
+        .await;
+    assert!(
+        stray.is_none(),
+        "a request of a visitor that left was routed: {stray:?}"
+    );
+}

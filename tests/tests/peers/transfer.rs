@@ -67,15 +67,33 @@ async fn many_visitors_at_once_are_all_served_and_the_load_spreads() {
     for (_, fetched) in &wave1 {
         assert_eq!(fetched.page, page);
     }
-    within("the seeds count their uploads", async {
-        while seed_a.served().total() + seed_b.served().total() < 20 {
+    // Every fetch is one upload by someone: the seeds, or visitors of this
+    // wave that already host (the server gives a host a few visitors at a
+    // time, and the rest wait for the swarm to grow).
+    let uploads = |wave: &[(Peer, Fetched)]| -> Vec<u64> {
+        [&seed_a, &seed_b]
+            .into_iter()
+            .chain(wave.iter().map(|(peer, _)| peer))
+            .map(|peer| peer.served().total())
+            .collect()
+    };
+    within("every upload is counted", async {
+        while uploads(&wave1).iter().sum::<u64>() < 20 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    let (a, b) = (seed_a.served().total(), seed_b.served().total());
-    eprintln!("wave 1: seed A served {a}, seed B served {b}");
+    let served = uploads(&wave1);
+    let (a, b) = (served[0], served[1]);
+    let busiest = served.iter().copied().max().unwrap_or(0);
+    eprintln!("wave 1: uploads per peer {served:?}");
+    assert_eq!(
+        served.iter().sum::<u64>(),
+        20,
+        "one upload per visitor: {served:?}"
+    );
     assert!(a > 0 && b > 0, "both seeds served: {a} and {b}");
+    assert!(busiest <= 10, "no peer served half the crowd: {served:?}");
     let webrtc = wave1
         .iter()
         .filter(|(_, f)| f.transport == Transport::WebRtc)
