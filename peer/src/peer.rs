@@ -1091,6 +1091,14 @@ impl Actor {
             return;
         };
         run.session = None;
+        // Host before leaving want: the server frees the serving host's
+        // slot on the leave, and the queued visitors it then routes should
+        // find this new host already there.
+        if let Ok(fetched) = &outcome
+            && run.options.host_after
+        {
+            self.host_page(Arc::new(fetched.page.clone()));
+        }
         self.leave(Topic::want(hash));
         if let Some(progress) = &run.options.progress {
             let _ = progress.send(FetchProgress {
@@ -1098,11 +1106,6 @@ impl Actor {
                 received: outcome.as_ref().map_or(0, |f| f.page.len()),
                 size: outcome.as_ref().ok().map(|f| f.page.len()),
             });
-        }
-        if let Ok(fetched) = &outcome
-            && run.options.host_after
-        {
-            self.host_page(Arc::new(fetched.page.clone()));
         }
         if let Some(reply) = run.reply.take() {
             let _ = reply.send(outcome);

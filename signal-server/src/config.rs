@@ -76,11 +76,12 @@ pub struct Config {
     #[arg(long, env = "EPHEMERAL_COUNT_INTERVAL_MS", default_value_t = 20)]
     pub count_interval_ms: u64,
 
-    /// Visitors one host is asked to serve at once. Further requests wait
-    /// for a free slot, which comes when a visitor has the page (it leaves
-    /// `want:`) or when a new host joins — often that visitor itself. So a
-    /// crowd is served by the swarm it grows, not all by the first host.
-    #[arg(long, env = "EPHEMERAL_MAX_UPLOADS_PER_HOST", default_value_t = 4)]
+    /// Visitors one host is asked to serve at once, and — while a page has
+    /// uploads under way — per 10 s. Further requests wait for a free slot,
+    /// which comes when a visitor has the page (it leaves `want:`) or a new
+    /// host joins (often that visitor). So a crowd is served by the swarm
+    /// it grows, each host serving a few, not all by the first host.
+    #[arg(long, env = "EPHEMERAL_MAX_UPLOADS_PER_HOST", default_value_t = 2)]
     pub max_uploads_per_host: usize,
 
     /// Milliseconds a request waits for a free slot before it goes to a
@@ -136,7 +137,7 @@ impl Default for Config {
             idle_timeout_secs: 60,
             outbound_queue: 256,
             count_interval_ms: 20,
-            max_uploads_per_host: 4,
+            max_uploads_per_host: 2,
             queue_wait_ms: 2000,
             max_connections: 100_000,
             selection: Selection::Uniform,

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use ephemeral_shared::frame::{Frame, event};
@@ -85,13 +85,30 @@ struct Page {
     uploads: HashMap<PeerId, usize>,
     /// Requests waiting for a host with a free slot, oldest first.
     queue: VecDeque<Queued>,
+    /// When each host was last given requests, within [`RECENT_WINDOW`].
+    recent: HashMap<PeerId, VecDeque<Instant>>,
 }
+
+/// How far back selection looks to balance hosts.
+const RECENT_WINDOW: Duration = Duration::from_secs(10);
 
 enum Choice {
     Host(PeerId),
     /// Hosts it may use exist, but none has a free slot.
     AllBusy,
     Nobody,
+}
+
+/// Uniformly at random among the hosts with the fewest recent requests.
+fn least_loaded(candidates: &[(PeerId, usize)]) -> Option<PeerId> {
+    let least = candidates.iter().map(|(_, n)| *n).min()?;
+    let mut rng = rand::rng();
+    let picked = Selection::Uniform.pick(
+        candidates,
+        |(_, n)| *n == least,
+        || rand::Rng::random(&mut rng),
+    );
+    picked.first().map(|&i| candidates[i].0)
 }
 
 /// The visitor's original push, rebuilt to reply to it.
@@ -155,24 +172,57 @@ impl Page {
             .retain(|q| q.request.visitor.conn.peer != visitor);
     }
 
-    /// A host for `request`, uniformly among those it may use that have a
-    /// free slot (any slot count when `max_uploads` is `None`).
-    fn choose(&self, request: &Request, max_uploads: Option<usize>) -> Choice {
+    /// A host for `request`, uniformly at random among the usable hosts
+    /// given the fewest requests in the last [`RECENT_WINDOW`].
+    ///
+    /// With `max_uploads`, a host is given at most that many visitors at
+    /// once, and — while uploads are under way on the page, which will
+    /// bring new hosts — at most that many per window: a crowd then grows
+    /// as a tree, each host serving a few visitors who serve the next,
+    /// instead of the first host serving everyone. When nothing is under
+    /// way, hosts past that budget serve again, so nobody waits for a host
+    /// that will never come. Without `max_uploads` (a request overdue in
+    /// the queue), any usable host will do.
+    fn choose(&mut self, request: &Request, max_uploads: Option<usize>) -> Choice {
         let visitor = request.visitor.conn.peer;
-        let hosts: Vec<PeerId> = self.hosts.keys().copied().collect();
-        let usable = |host: &PeerId| *host != visitor && !request.exclude.contains(host);
-        let free = |host: &PeerId| {
-            max_uploads.is_none_or(|max| self.uploads.get(host).copied().unwrap_or(0) < max)
+        let now = Instant::now();
+        let uploading = self.uploads.values().any(|&n| n > 0);
+        let mut usable = 0usize;
+        let mut within_budget: Vec<(PeerId, usize)> = Vec::new();
+        let mut over_budget: Vec<(PeerId, usize)> = Vec::new();
+        for host in self.hosts.keys() {
+            if *host == visitor || request.exclude.contains(host) {
+                continue;
+            }
+            usable += 1;
+            let taken = self.uploads.get(host).copied().unwrap_or(0);
+            if max_uploads.is_some_and(|max| taken >= max) {
+                continue;
+            }
+            let recent = self.recent.entry(*host).or_default();
+            while recent
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > RECENT_WINDOW)
+            {
+                recent.pop_front();
+            }
+            match max_uploads {
+                Some(max) if recent.len() >= max => over_budget.push((*host, recent.len())),
+                _ => within_budget.push((*host, recent.len())),
+            }
+        }
+        let candidates = if !within_budget.is_empty() {
+            within_budget
+        } else if uploading {
+            // Uploads under way will bring new hosts soon: wait for them.
+            over_budget.clear();
+            over_budget
+        } else {
+            over_budget
         };
-        let mut rng = rand::rng();
-        let picked = Selection::Uniform.pick(
-            &hosts,
-            |h| usable(h) && free(h),
-            || rand::Rng::random(&mut rng),
-        );
-        match picked.first() {
-            Some(&i) => Choice::Host(hosts[i]),
-            None if hosts.iter().any(usable) => Choice::AllBusy,
+        match least_loaded(&candidates) {
+            Some(host) => Choice::Host(host),
+            None if usable > 0 => Choice::AllBusy,
             None => Choice::Nobody,
         }
     }
@@ -253,6 +303,7 @@ impl Registry {
                 }
                 Role::Have => {
                     page.uploads.remove(&peer);
+                    page.recent.remove(&peer);
                 }
             }
             if page.hosts.is_empty() && page.wanters.is_empty() {
@@ -427,6 +478,10 @@ impl Registry {
         out.push((host_member.conn.clone(), push.encode().into()));
         page.serving.insert(visitor, host);
         *page.uploads.entry(host).or_default() += 1;
+        page.recent
+            .entry(host)
+            .or_default()
+            .push_back(Instant::now());
         self.metrics.requests_routed.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -536,12 +536,15 @@ impl App {
                         Transport::Relay => Delivery::Relay,
                     });
                     state.page = Some(Rc::from(page));
+                    state.joined = None;
+                    state.count = None;
+                    // Host before leaving want: the server frees the
+                    // serving host's slot on the leave, and the visitors it
+                    // then routes should find this tab already hosting.
+                    self.join_current(state);
                     if let Some(socket) = self.socket() {
                         socket.leave(&want);
                     }
-                    state.joined = None;
-                    state.count = None;
-                    self.join_current(state);
                     return;
                 }
                 FetchAction::Gone => {}
