@@ -301,9 +301,11 @@ impl Registry {
                     page.end_request_of(peer);
                     self.dispatch(page, topic.hash, &mut out);
                 }
+                // Requests waiting only for this host now have none.
                 Role::Have => {
                     page.uploads.remove(&peer);
                     page.recent.remove(&peer);
+                    self.dispatch(page, topic.hash, &mut out);
                 }
             }
             if page.hosts.is_empty() && page.wanters.is_empty() {

@@ -821,3 +821,23 @@ async fn a_waiting_visitor_that_goes_is_forgotten() {
         "a request of a visitor that left was routed: {stray:?}"
     );
 }
+
+#[tokio::test]
+async fn waiting_requests_hear_no_hosts_as_soon_as_the_last_host_goes() {
+    let server = server(one_slot(10_000)).await;
+    let (have, want) = page("last host");
+    let mut host = Client::connect(&server).await;
+    host.join(&have).await;
+    let (mut first, _, first_ref) = ask(&server, &want).await;
+    assert_eq!(first.reply(&first_ref).await.0, "ok");
+    let (mut second, _, second_ref) = ask(&server, &want).await;
+    no_reply_yet(&mut second, &second_ref).await;
+    let started = std::time::Instant::now();
+    drop(host);
+    let (status, response) = second.reply(&second_ref).await;
+    assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "not the 10 s queue wait"
+    );
+}
