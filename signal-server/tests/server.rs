@@ -683,11 +683,64 @@ async fn health_metrics_and_pages_over_http() {
     assert_eq!(status, 404);
 }
 
-fn one_slot(queue_wait_ms: u64) -> Config {
-    Config {
-        max_uploads_per_host: 1,
-        queue_wait_ms,
-        ..Config::default()
+/// One host whose single upload slot `first` holds, and `second`'s request
+/// waiting for it.
+struct BusyHost {
+    server: signal_server::RunningServer,
+    have: String,
+    want: String,
+    host: Client,
+    host_id: String,
+    first: Client,
+    first_id: String,
+    second: Client,
+    second_id: String,
+    second_ref: String,
+}
+
+impl BusyHost {
+    async fn start(name: &str, queue_wait_ms: u64) -> BusyHost {
+        let server = server(Config {
+            max_uploads_per_host: 1,
+            queue_wait_ms,
+            ..Config::default()
+        })
+        .await;
+        let (have, want) = page(name);
+        let mut host = Client::connect(&server).await;
+        let host_id = host.peer_id(&have).await;
+        let (mut first, first_id, first_ref) = ask(&server, &want).await;
+        assert_eq!(
+            first.reply(&first_ref).await,
+            ("ok".into(), json!({"host": host_id}))
+        );
+        let (mut second, second_id, second_ref) = ask(&server, &want).await;
+        let reply = second
+            .expect_within(Duration::from_millis(200), &|f| {
+                f.event == "phx_reply" && f.msg_ref.as_deref() == Some(second_ref.as_str())
+            })
+            .await;
+        assert!(
+            reply.is_none(),
+            "answered while the host was busy: {reply:?}"
+        );
+        BusyHost {
+            server,
+            have,
+            want,
+            host,
+            host_id,
+            first,
+            first_id,
+            second,
+            second_id,
+            second_ref,
+        }
+    }
+
+    /// The reply the waiting request finally gets.
+    async fn second_reply(&mut self) -> (String, Value) {
+        self.second.reply(&self.second_ref).await
     }
 }
 
@@ -699,45 +752,23 @@ async fn ask(server: &signal_server::RunningServer, want: &str) -> (Client, Stri
     (visitor, id, msg_ref)
 }
 
-async fn no_reply_yet(visitor: &mut Client, msg_ref: &str) {
-    let reply = visitor
-        .expect_within(Duration::from_millis(200), &|f| {
-            f.event == "phx_reply" && f.msg_ref.as_deref() == Some(msg_ref)
-        })
-        .await;
-    assert!(
-        reply.is_none(),
-        "answered while every host was busy: {reply:?}"
-    );
-}
-
 #[tokio::test]
 async fn a_busy_host_makes_requests_wait_for_a_free_slot() {
-    let server = server(one_slot(10_000)).await;
-    let (have, want) = page("slots");
-    let mut host = Client::connect(&server).await;
-    let host_id = host.peer_id(&have).await;
-
-    let (mut first, first_id, first_ref) = ask(&server, &want).await;
-    assert_eq!(
-        first.reply(&first_ref).await,
-        ("ok".into(), json!({"host": host_id}))
-    );
-    let (mut second, second_id, second_ref) = ask(&server, &want).await;
-    no_reply_yet(&mut second, &second_ref).await;
-    let request = host.expect(|f| f.event == "content_request").await;
-    assert_eq!(request.payload["from"], json!(first_id));
+    let mut busy = BusyHost::start("slots", 10_000).await;
+    let request = busy.host.expect(|f| f.event == "content_request").await;
+    assert_eq!(request.payload["from"], json!(busy.first_id));
 
     // The first visitor has the page: it leaves want:, freeing the slot.
-    let (status, _) = first.call(&want, "phx_leave", json!({})).await;
+    let (status, _) = busy.first.call(&busy.want, "phx_leave", json!({})).await;
     assert_eq!(status, "ok");
+    let host_id = busy.host_id.clone();
     assert_eq!(
-        second.reply(&second_ref).await,
+        busy.second_reply().await,
         ("ok".into(), json!({"host": host_id}))
     );
-    let request = host.expect(|f| f.event == "content_request").await;
-    assert_eq!(request.payload["from"], json!(second_id));
-    let (_, _, metrics) = http_get(&server, "/metrics").await;
+    let request = busy.host.expect(|f| f.event == "content_request").await;
+    assert_eq!(request.payload["from"], json!(busy.second_id));
+    let (_, _, metrics) = http_get(&busy.server, "/metrics").await;
     assert!(
         metrics.contains("ephemeral_requests_queued_total 1\n"),
         "{metrics}"
@@ -746,54 +777,40 @@ async fn a_busy_host_makes_requests_wait_for_a_free_slot() {
 
 #[tokio::test]
 async fn a_new_host_takes_a_waiting_request() {
-    let server = server(one_slot(10_000)).await;
-    let (have, want) = page("new host");
-    let mut busy = Client::connect(&server).await;
-    busy.join(&have).await;
-    let (mut first, _, first_ref) = ask(&server, &want).await;
-    assert_eq!(first.reply(&first_ref).await.0, "ok");
-    let (mut second, second_id, second_ref) = ask(&server, &want).await;
-    no_reply_yet(&mut second, &second_ref).await;
-
+    let mut busy = BusyHost::start("new host", 10_000).await;
     // Typically the first visitor itself, now hosting.
-    let mut fresh = Client::connect(&server).await;
-    let fresh_id = fresh.peer_id(&have).await;
+    let mut fresh = Client::connect(&busy.server).await;
+    let fresh_id = fresh.peer_id(&busy.have).await;
     assert_eq!(
-        second.reply(&second_ref).await,
+        busy.second_reply().await,
         ("ok".into(), json!({"host": fresh_id}))
     );
     let request = fresh.expect(|f| f.event == "content_request").await;
-    assert_eq!(request.payload["from"], json!(second_id));
+    assert_eq!(request.payload["from"], json!(busy.second_id));
 }
 
 #[tokio::test]
 async fn a_request_waits_no_longer_than_the_queue_wait() {
-    let server = server(one_slot(400)).await;
-    let (have, want) = page("overdue");
-    let mut host = Client::connect(&server).await;
-    let host_id = host.peer_id(&have).await;
-    let (mut first, _, first_ref) = ask(&server, &want).await;
-    assert_eq!(first.reply(&first_ref).await.0, "ok");
     // The first visitor never leaves; after the wait, the busy host gets
     // the second request anyway.
-    let (mut second, _, second_ref) = ask(&server, &want).await;
-    no_reply_yet(&mut second, &second_ref).await;
+    let mut busy = BusyHost::start("overdue", 400).await;
+    let host_id = busy.host_id.clone();
     assert_eq!(
-        second.reply(&second_ref).await,
+        busy.second_reply().await,
         ("ok".into(), json!({"host": host_id}))
     );
 }
 
 #[tokio::test]
 async fn a_waiting_visitor_that_goes_is_forgotten() {
-    let server = server(one_slot(10_000)).await;
-    let (have, want) = page("forgotten");
-    let mut host = Client::connect(&server).await;
-    host.join(&have).await;
-    let (mut first, _, first_ref) = ask(&server, &want).await;
-    assert_eq!(first.reply(&first_ref).await.0, "ok");
-    let (mut second, _, second_ref) = ask(&server, &want).await;
-    no_reply_yet(&mut second, &second_ref).await;
+    let BusyHost {
+        server,
+        want,
+        mut host,
+        mut first,
+        second,
+        ..
+    } = BusyHost::start("forgotten", 10_000).await;
     drop(second);
     // Wait until the server has seen it go: two sockets left.
     let deadline = tokio::time::Instant::now() + support::WAIT;
@@ -824,14 +841,16 @@ async fn a_waiting_visitor_that_goes_is_forgotten() {
 
 #[tokio::test]
 async fn waiting_requests_hear_no_hosts_as_soon_as_the_last_host_goes() {
-    let server = server(one_slot(10_000)).await;
-    let (have, want) = page("last host");
-    let mut host = Client::connect(&server).await;
-    host.join(&have).await;
-    let (mut first, _, first_ref) = ask(&server, &want).await;
-    assert_eq!(first.reply(&first_ref).await.0, "ok");
-    let (mut second, _, second_ref) = ask(&server, &want).await;
-    no_reply_yet(&mut second, &second_ref).await;
+    // Keep the server and the first visitor: dropping either closes sockets
+    // (and frees the slot), which is not what this test is about.
+    let BusyHost {
+        server: _server,
+        first: _first,
+        host,
+        mut second,
+        second_ref,
+        ..
+    } = BusyHost::start("last host", 10_000).await;
     let started = std::time::Instant::now();
     drop(host);
     let (status, response) = second.reply(&second_ref).await;
