@@ -211,8 +211,8 @@ impl Session {
     /// Refuses a message whose refs are unknown: the reply goes on the
     /// `phoenix` topic with null refs.
     fn refuse_unparsed(&self, refusal: Refusal) -> Frame {
-        let placeholder = Frame::new(None, None, PHOENIX_TOPIC, "", Default::default());
-        self.refuse(&placeholder, refusal)
+        let unaddressed = Frame::new(None, None, PHOENIX_TOPIC, "", Default::default());
+        self.refuse(&unaddressed, refusal)
     }
 
     fn on_frame(&mut self, frame: &Frame) -> Result<Vec<Frame>, Refusal> {
