@@ -7,7 +7,7 @@
 //! One exchange, in each system:
 //! - ours: a visitor on `want:<h>` sends an `offer` signal to a host of
 //!   `<h>` picked at random; the host sends an `answer` signal back (2
-//!   relayed signals, each also answered with an ok reply).
+//!   relayed signals; a delivered signal gets no reply).
 //! - tracker: a peer announces with one offer; the tracker relays it to a
 //!   random peer of the swarm, which announces its answer; the tracker
 //!   relays that back (2 relayed messages, plus the announce response).

@@ -440,7 +440,11 @@ impl Session {
             .metrics
             .signals_relayed
             .fetch_add(1, Ordering::Relaxed);
-        Ok(vec![frame.reply_ok(&json!({}))])
+        // No ok reply (Phoenix's `:noreply`): a negotiation is a dozen
+        // signals each way, the receiver's answer is the acknowledgement,
+        // and an ok per signal would double what the server writes. Errors
+        // are still replied.
+        Ok(Vec::new())
     }
 
     /// Removes this connection from every topic it joined.

@@ -432,8 +432,7 @@ async fn signals_flow_between_sides_of_one_page_with_from_stamped() {
     let impostor_id = impostor.peer_id(&want).await;
 
     let offer = json!({"to": visitor_id, "type": "offer", "sdp": "v=0", "from": impostor_id});
-    let (status, _) = host.call(&have, "signal", offer).await;
-    assert_eq!(status, "ok");
+    let offer_ref = host.push(&have, "signal", offer).await;
     let got = visitor.expect(|f| f.event == "signal").await;
     assert_eq!(got.topic, want);
     assert_eq!(
@@ -447,12 +446,18 @@ async fn signals_flow_between_sides_of_one_page_with_from_stamped() {
         "candidate": "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host",
         "sdpMid": "0", "sdpMLineIndex": 0
     });
-    let (status, _) = visitor.call(&want, "signal", candidate).await;
-    assert_eq!(status, "ok");
+    visitor.push(&want, "signal", candidate).await;
     let got = host.expect(|f| f.event == "signal").await;
     assert_eq!(got.topic, have);
     assert_eq!(got.payload["from"], json!(visitor_id));
     assert_eq!(got.payload["sdpMLineIndex"], json!(0));
+    // A delivered signal is not replied to: the answer is the receipt.
+    let ok = host
+        .expect_within(Duration::from_millis(100), &|f| {
+            f.event == "phx_reply" && f.msg_ref.as_deref() == Some(offer_ref.as_str())
+        })
+        .await;
+    assert!(ok.is_none(), "a delivered signal was replied to: {ok:?}");
 
     // Wanters cannot reach each other, nor anyone on another page.
     let sideways = json!({"to": impostor_id, "type": "offer", "sdp": "v=0"});
