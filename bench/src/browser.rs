@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ephemeral_peer::{FetchOptions, Peer, Transport};
+use ephemeral_peer::{FetchOptions, Peer};
 use fantoccini::{Client, Locator};
 use serde_json::{Value as Json, json};
 use tokio::time::Instant;
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use ephemeral_tests::chromium::{self, ChromeDriver};
 
 use crate::children;
+use crate::peers::webrtc_rate;
 use crate::phoenix::{self, Endpoint};
 use crate::report::{Better, Row, Value};
 use crate::ttc::peer_config;
@@ -62,18 +63,8 @@ pub async fn run(runs: usize, workspace: &Path) -> Result<Row> {
                 .await
                 .context("the native visitor did not get the browser's page")?;
             visitor.shutdown().await;
-            if fetched.transport != Transport::WebRtc {
-                bail!(
-                    "the browser's page came by {}, not WebRTC",
-                    fetched.transport.as_str()
-                );
-            }
-            let open = fetched
-                .timings
-                .channel_open
-                .context("a WebRTC fetch without a channel-open time")?;
-            let transfer = fetched.timings.total.saturating_sub(open);
-            rates.push(PAGE_BYTES as f64 / transfer.as_secs_f64().max(1e-6) / 1e6);
+            let (rate, open) = webrtc_rate(&fetched, PAGE_BYTES).context("the browser's page")?;
+            rates.push(rate);
             setups.push(open);
         }
         anyhow::Ok(())

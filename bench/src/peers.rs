@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ephemeral_peer::{FetchOptions, Peer, Transport};
+use ephemeral_peer::{FetchOptions, Fetched, Peer, Transport};
 use tokio::time::Instant;
 
 use crate::children;
@@ -28,6 +28,21 @@ const FLASH_CROWD: &str = "5. Flash crowd";
 const MIB: usize = 1024 * 1024;
 
 /// Page sizes in MiB and how many visitors fetch each.
+/// A WebRTC fetch's data-channel rate in MB/s (page bytes over the time
+/// from the channel opening to verified bytes, so set-up is not averaged
+/// in), and when the channel opened.
+pub fn webrtc_rate(fetched: &Fetched, bytes: usize) -> Result<(f64, Duration)> {
+    if fetched.transport != Transport::WebRtc {
+        bail!("came by {}, not WebRTC", fetched.transport.as_str());
+    }
+    let open = fetched
+        .timings
+        .channel_open
+        .context("a WebRTC fetch without a channel-open time")?;
+    let transfer = fetched.timings.total.saturating_sub(open);
+    Ok((bytes as f64 / transfer.as_secs_f64().max(1e-6) / 1e6, open))
+}
+
 pub fn transfers(quick: bool) -> Vec<(usize, usize)> {
     if quick {
         vec![(1, 3), (8, 2), (64, 1)]
@@ -65,18 +80,9 @@ pub async fn data_channel(transfers: &[(usize, usize)]) -> Result<Vec<Row>> {
                 .await
                 .with_context(|| format!("a visitor did not get the {mib} MiB page"))?;
             visitor.shutdown().await;
-            if fetched.transport != Transport::WebRtc {
-                bail!(
-                    "the {mib} MiB page came by {}, not WebRTC",
-                    fetched.transport.as_str()
-                );
-            }
-            let open = fetched
-                .timings
-                .channel_open
-                .context("a WebRTC fetch without a channel-open time")?;
-            let transfer = fetched.timings.total.saturating_sub(open);
-            rates.push((mib * MIB) as f64 / transfer.as_secs_f64().max(1e-6) / 1e6);
+            let (rate, open) =
+                webrtc_rate(&fetched, mib * MIB).with_context(|| format!("the {mib} MiB page"))?;
+            rates.push(rate);
             setups.push(open);
         }
         host.unshare(hash)

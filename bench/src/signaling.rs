@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ephemeral_shared::{PageHash, Topic};
+use ephemeral_shared::{Frame, PageHash, Topic};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -415,6 +415,34 @@ async fn answer_offers(
     Ok(())
 }
 
+/// Reads frames until `done` says one ends the exchange started at `sent`
+/// (true), or [`EXCHANGE_TIMEOUT`] passes (false). An error reply from the
+/// server aborts the benchmark: a refused `what` means a broken harness.
+async fn exchange_done(
+    visitor: &mut Phoenix,
+    sent: Instant,
+    what: &str,
+    done: impl Fn(&Frame) -> Result<bool>,
+) -> Result<bool> {
+    loop {
+        let Ok(frame) =
+            tokio::time::timeout_at(sent + EXCHANGE_TIMEOUT, visitor.next_frame()).await
+        else {
+            return Ok(false);
+        };
+        let frame = frame?;
+        if let Some(("error", response)) = frame.as_reply() {
+            bail!(
+                "the server refused a {what}: {}",
+                Value::Object(response.clone())
+            );
+        }
+        if done(&frame)? {
+            return Ok(true);
+        }
+    }
+}
+
 /// A visitor: offers to a random host of its page, waits for the answer,
 /// and again, until the window closes.
 async fn offer_loop(
@@ -432,23 +460,10 @@ async fn offer_loop(
         let sent = Instant::now();
         let offer = json!({ "to": host, "type": "offer", "sdp": &*sdp });
         visitor.push(&want, "signal", offer).await?;
-        let answered = loop {
-            let Ok(frame) =
-                tokio::time::timeout_at(sent + EXCHANGE_TIMEOUT, visitor.next_frame()).await
-            else {
-                break false;
-            };
-            let frame = frame?;
-            if let Some(("error", response)) = frame.as_reply() {
-                bail!(
-                    "the server refused a signal: {}",
-                    Value::Object(response.clone())
-                );
-            }
-            if frame.event == "signal" && frame.payload.get("type") == Some(&json!("answer")) {
-                break true;
-            }
-        };
+        let answered = exchange_done(&mut visitor, sent, "signal", |frame| {
+            Ok(frame.event == "signal" && frame.payload.get("type") == Some(&json!("answer")))
+        })
+        .await?;
         tally.record(answered, sent, window);
     }
     Ok(tally)
@@ -715,27 +730,17 @@ async fn request_loop(
         visitor
             .push(&want, "content_request", json!({ "relay": true }))
             .await?;
-        let answered = loop {
-            let Ok(frame) =
-                tokio::time::timeout_at(sent + EXCHANGE_TIMEOUT, visitor.next_frame()).await
-            else {
-                break false;
-            };
-            let frame = frame?;
-            if let Some(("error", response)) = frame.as_reply() {
-                bail!(
-                    "the server refused a request: {}",
-                    Value::Object(response.clone())
-                );
+        let answered = exchange_done(&mut visitor, sent, "request", |frame| {
+            if frame.event != "content" {
+                return Ok(false);
             }
-            if frame.event == "content" {
-                let content = frame.payload.get("content").and_then(Value::as_str);
-                if !content.is_some_and(|c| hash.matches(c.as_bytes())) {
-                    bail!("a relayed page did not match its hash");
-                }
-                break true;
+            let content = frame.payload.get("content").and_then(Value::as_str);
+            if !content.is_some_and(|c| hash.matches(c.as_bytes())) {
+                bail!("a relayed page did not match its hash");
             }
-        };
+            Ok(true)
+        })
+        .await?;
         tally.record(answered, sent, window);
     }
     Ok(tally)
