@@ -215,8 +215,7 @@ impl Page {
             within_budget
         } else if uploading {
             // Uploads under way will bring new hosts soon: wait for them.
-            over_budget.clear();
-            over_budget
+            Vec::new()
         } else {
             over_budget
         };
