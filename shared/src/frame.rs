@@ -17,6 +17,7 @@ pub mod event {
     pub const HEARTBEAT: &str = "heartbeat";
     pub const CONTENT_REQUEST: &str = "content_request";
     pub const CONTENT: &str = "content";
+    pub const CONTENT_UNAVAILABLE: &str = "content_unavailable";
     pub const VISITORS_COUNT: &str = "visitors_count";
     pub const SIGNAL: &str = "signal";
 }

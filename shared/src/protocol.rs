@@ -105,6 +105,12 @@ pub struct JoinReply {
     /// Visitors waiting for the page right now.
     pub waiting: usize,
     pub ice_servers: Vec<IceServer>,
+    /// Largest page the server relays over the websocket, in bytes; a
+    /// host with a larger page answers relay requests with
+    /// `content_unavailable` instead of sending it. Absent from servers
+    /// that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_relay_bytes: Option<usize>,
 }
 
 /// `content_request` from a visitor, on `want:<h>`.
@@ -138,6 +144,26 @@ pub struct HostRequest {
 #[serde(deny_unknown_fields)]
 pub struct Content {
     pub content: String,
+}
+
+/// `content_unavailable` from a host, on `have:<h>`: it cannot send the
+/// page to `to` over the relay, because the page is larger than the
+/// server relays. The server forwards it only to a visitor that asked
+/// this host for relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentUnavailable {
+    pub to: PeerId,
+    /// The page's size in bytes.
+    pub size: u64,
+}
+
+/// `content_unavailable` as the visitor receives it, on `want:<h>`;
+/// `from` is stamped by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentUnavailableFrom {
+    pub from: PeerId,
+    pub size: u64,
 }
 
 /// `visitors_count`: how healthy a page is.
@@ -189,8 +215,86 @@ pub struct SignalFrom {
     pub body: SignalBody,
 }
 
-/// The error reason of a `content_request` no host can serve. (The other
-/// error reasons the server gives are listed in its metrics module.)
+/// Most peers one `content_request` may exclude: a visitor excludes the
+/// hosts that failed it, a handful at most, and the server checks the
+/// list for every candidate host.
+pub const MAX_EXCLUDE: usize = 64;
+
+macro_rules! reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why the server refused something: the `reason` of an error
+        /// reply, the label of `ephemeral_rejected_total`, and what a
+        /// client matches on. One list for the server and both clients.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl Reason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The stable wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name,)*
+                }
+            }
+        }
+
+        impl FromStr for Reason {
+            type Err = UnknownReason;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($name => Ok(Reason::$variant),)*
+                    _ => Err(UnknownReason),
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    NoHosts => "no_hosts", "No host may serve this `content_request`.";
+    MalformedJson => "malformed_json", "The message is not JSON.";
+    WrongArity => "wrong_arity", "Not a five-element Phoenix V2 array.";
+    MalformedFrame => "malformed_frame", "A field of the array has the wrong type.";
+    UnknownTopic => "unknown_topic", "Not `phoenix`, `have:<hash>` or `want:<hash>`.";
+    NotJoined => "not_joined", "Sent on a topic the socket has not joined.";
+    AlreadyJoined => "already_joined", "Joined a topic twice.";
+    TooManyTopics => "too_many_topics", "Past the topics one socket may join.";
+    UnknownEvent => "unknown_event", "An event this topic does not take.";
+    BadPayload => "bad_payload", "The payload does not fit the event.";
+    HashMismatch => "hash_mismatch", "Relayed content does not hash to its topic.";
+    PageTooLarge => "page_too_large", "Relayed content past the server's page limit.";
+    MessageTooLarge => "message_too_large", "A message past the size cap of its event.";
+    UnknownPeer => "unknown_peer", "A signal to a peer not on the other side of the page.";
+    NotRequested => "not_requested", "Relay content or refusal nobody asked this host for.";
+    RateLimited => "rate_limited", "Past the socket's messages per second.";
+    AddressRateLimited => "address_rate_limited", "Past the messages, bytes or joins per second of the client's address.";
+    RelayQuota => "relay_quota", "Past the relayed bytes per second of the client's address.";
+    Flooding => "flooding", "Kept sending past its limits; the socket was closed.";
+    OversizeMessage => "oversize_message", "A websocket message past the server's largest.";
+    InvalidUtf8 => "invalid_utf8", "A text frame that is not UTF-8.";
+    BinaryFrame => "binary_frame", "Binary frames are not part of the protocol.";
+    SlowConsumer => "slow_consumer", "A socket that did not read what it was sent.";
+    IdleTimeout => "idle_timeout", "A socket silent past the idle timeout.";
+    SlotTimeout => "slot_timeout", "An upload slot held without progress.";
+    OriginNotAllowed => "origin_not_allowed", "A websocket from an origin not on the allow-list.";
+    BadHandshake => "bad_handshake", "A websocket upgrade with a malformed key.";
+    TooManyConnections => "too_many_connections", "Past the server's open websockets.";
+    TooManyFromAddress => "too_many_from_address", "Past the connections of one address.";
+    HttpTimeout => "http_timeout", "An HTTP request whose headers did not arrive in time.";
+    MetricsUnauthorized => "metrics_unauthorized", "`/metrics` without the operator's token.";
+}
+
+/// A reason string this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown error reason")]
+pub struct UnknownReason;
+
+/// The error reason of a `content_request` no host can serve.
 pub const NO_HOSTS: &str = "no_hosts";
 
 #[cfg(test)]
@@ -242,6 +346,15 @@ mod tests {
         let request: ContentRequest = serde_json::from_value(json!({})).unwrap();
         assert_eq!(request, ContentRequest::default());
         assert!(serde_json::from_value::<ContentRequest>(json!({"relay": "yes"})).is_err());
+    }
+
+    #[test]
+    fn reasons_round_trip_by_name() {
+        for reason in Reason::ALL {
+            assert_eq!(reason.as_str().parse::<Reason>(), Ok(*reason));
+        }
+        assert_eq!(Reason::NoHosts.as_str(), NO_HOSTS);
+        assert_eq!("nope".parse::<Reason>(), Err(UnknownReason));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! A token bucket: how many messages a socket may send, sustained and in a
-//! burst. Time is an input.
+//! A token bucket: how many messages (or bytes) a socket or an address may
+//! send, sustained and in a burst. Time is an input.
 
 use std::time::Duration;
 
@@ -16,9 +16,15 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Allows `rate` messages per second sustained, `burst` at once.
     pub fn new(rate: u32, burst: u32, now: Duration) -> Self {
-        let burst = f64::from(burst.max(1));
+        Self::with_units(u64::from(rate), u64::from(burst), now)
+    }
+
+    /// Allows `rate` units (messages, bytes) per second sustained, `burst`
+    /// at once.
+    pub fn with_units(rate: u64, burst: u64, now: Duration) -> Self {
+        let burst = burst.max(1) as f64;
         Self {
-            rate: f64::from(rate),
+            rate: rate as f64,
             burst,
             tokens: burst,
             last: now,
@@ -27,11 +33,17 @@ impl RateLimiter {
 
     /// Takes one token if there is one.
     pub fn allow(&mut self, now: Duration) -> bool {
+        self.allow_n(now, 1)
+    }
+
+    /// Takes `n` tokens if there are that many; takes nothing otherwise.
+    pub fn allow_n(&mut self, now: Duration, n: u64) -> bool {
         let elapsed = now.saturating_sub(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = n as f64;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -55,6 +67,16 @@ mod tests {
         // A long pause refills only up to the burst.
         let much_later = later + Duration::from_secs(60);
         assert_eq!((0..20).filter(|_| limiter.allow(much_later)).count(), 5);
+    }
+
+    #[test]
+    fn counts_units_not_calls() {
+        let start = Duration::from_secs(1);
+        let mut bytes = RateLimiter::with_units(1000, 4000, start);
+        assert!(bytes.allow_n(start, 3000));
+        assert!(!bytes.allow_n(start, 1500), "only 1000 left");
+        assert!(bytes.allow_n(start, 1000));
+        assert!(bytes.allow_n(start + Duration::from_secs(2), 2000));
     }
 
     #[test]

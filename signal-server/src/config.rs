@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+
+pub use crate::addresses::Cidr;
 use ephemeral_shared::protocol::IceServer;
 use ephemeral_shared::selection::Selection;
 
@@ -65,10 +67,90 @@ pub struct Config {
     #[arg(long, env = "EPHEMERAL_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
 
-    /// Messages queued for one socket before it counts as too slow and is
-    /// closed, so one stalled reader cannot hold server memory.
-    #[arg(long, env = "EPHEMERAL_OUTBOUND_QUEUE", default_value_t = 256)]
-    pub outbound_queue: usize,
+    /// Bytes queued for one socket (replies, pushes, relayed pages) before
+    /// it counts as too slow and is closed (1008), so a reader that stops
+    /// reading holds at most this much server memory. At least one relayed
+    /// page must fit.
+    #[arg(long, env = "EPHEMERAL_OUTBOUND_QUEUE_BYTES", default_value_t = 4 * MIB)]
+    pub outbound_queue_bytes: usize,
+
+    /// Seconds one write to a socket may take before the socket counts as
+    /// stalled and is closed (1008). A stalled socket is no longer given
+    /// visitors as soon as half its queue is full.
+    #[arg(long, env = "EPHEMERAL_WRITE_TIMEOUT_SECS", default_value_t = 10)]
+    pub write_timeout_secs: u64,
+
+    /// Largest `signal` message, in bytes. An offer with every candidate is
+    /// a few kilobytes; the cap keeps one client from making the server
+    /// carry megabytes to another.
+    #[arg(long, env = "EPHEMERAL_MAX_SIGNAL_BYTES", default_value_t = 64 * 1024)]
+    pub max_signal_bytes: usize,
+
+    /// Largest message of every other event but `content` (joins, leaves,
+    /// heartbeats, requests), in bytes.
+    #[arg(long, env = "EPHEMERAL_MAX_CONTROL_BYTES", default_value_t = 8 * 1024)]
+    pub max_control_bytes: usize,
+
+    /// Websockets and HTTP connections one client address may hold at
+    /// once (an IPv6 client's address is its /64). Past it, new ones are
+    /// refused, so one address cannot take every file descriptor.
+    #[arg(
+        long,
+        env = "EPHEMERAL_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_connections_per_address: usize,
+
+    /// Websocket messages per second from one address, over all its
+    /// sockets (bursts of four seconds' worth).
+    #[arg(
+        long,
+        env = "EPHEMERAL_MESSAGES_PER_SECOND_PER_ADDRESS",
+        default_value_t = 1000
+    )]
+    pub messages_per_second_per_address: u32,
+
+    /// Websocket bytes per second received from one address (bursts of
+    /// four seconds' worth, and at least two of the largest messages).
+    #[arg(long, env = "EPHEMERAL_BYTES_PER_SECOND_PER_ADDRESS", default_value_t = 8 * MIB)]
+    pub bytes_per_second_per_address: usize,
+
+    /// Topic joins per second from one address (bursts of four seconds'
+    /// worth).
+    #[arg(
+        long,
+        env = "EPHEMERAL_JOINS_PER_SECOND_PER_ADDRESS",
+        default_value_t = 50
+    )]
+    pub joins_per_second_per_address: u32,
+
+    /// Page bytes per second one address may have relayed to visitors
+    /// (bursts of four seconds' worth, and at least two of the largest
+    /// pages).
+    #[arg(long, env = "EPHEMERAL_RELAY_BYTES_PER_SECOND_PER_ADDRESS", default_value_t = 4 * MIB)]
+    pub relay_bytes_per_second_per_address: usize,
+
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` headers name the
+    /// client (repeatable CIDR, e.g. `127.0.0.1/32`). From anyone else
+    /// those headers are ignored: the TCP peer is the client.
+    #[arg(
+        long = "trusted-proxy",
+        env = "EPHEMERAL_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Seconds a client has to send a request's headers, and that an idle
+    /// keep-alive connection stays open.
+    #[arg(long, env = "EPHEMERAL_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+
+    /// Milliseconds an upload slot may be held without progress (a signal
+    /// from the visitor to its host) before it is freed for the next
+    /// visitor, so a visitor that asks and never answers cannot hold a
+    /// page's hosts.
+    #[arg(long, env = "EPHEMERAL_SLOT_TIMEOUT_MS", default_value_t = 1000)]
+    pub slot_timeout_ms: u64,
 
     /// Milliseconds over which host-count changes of a page are coalesced
     /// into one `visitors_count` broadcast: under churn a page with n hosts
@@ -100,7 +182,9 @@ pub struct Config {
     pub selection: Selection,
 
     /// Origins allowed to open a websocket (repeatable, e.g.
-    /// `https://pages.example`). None given: any origin.
+    /// `https://pages.example`). None given: any origin. Browsers always
+    /// send `Origin`; a request without one (a native client) is allowed,
+    /// since any non-browser client could forge the header anyway.
     #[arg(
         long = "allowed-origin",
         env = "EPHEMERAL_ALLOWED_ORIGINS",
@@ -116,6 +200,16 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub ice_servers: Vec<IceServer>,
+
+    /// Token `/metrics` requires as `Authorization: Bearer <token>`. None
+    /// given: `/metrics` is open (bind it elsewhere with `--metrics-bind`).
+    #[arg(long, env = "EPHEMERAL_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Serve `/metrics` on this address instead of the public one (e.g.
+    /// `127.0.0.1:9100` for a local scraper).
+    #[arg(long, env = "EPHEMERAL_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
 
     /// Log filter, e.g. `info` or `signal_server=debug`.
     #[arg(long, env = "EPHEMERAL_LOG", default_value = "info")]
@@ -135,7 +229,18 @@ impl Default for Config {
             messages_per_second: 100,
             message_burst: 400,
             idle_timeout_secs: 60,
-            outbound_queue: 256,
+            outbound_queue_bytes: 4 * MIB,
+            write_timeout_secs: 10,
+            max_signal_bytes: 64 * 1024,
+            max_control_bytes: 8 * 1024,
+            max_connections_per_address: 256,
+            messages_per_second_per_address: 1000,
+            bytes_per_second_per_address: 8 * MIB,
+            joins_per_second_per_address: 50,
+            relay_bytes_per_second_per_address: 4 * MIB,
+            trusted_proxies: Vec::new(),
+            http_header_timeout_secs: 10,
+            slot_timeout_ms: 1000,
             count_interval_ms: 20,
             max_uploads_per_host: 2,
             queue_wait_ms: 2000,
@@ -143,6 +248,8 @@ impl Default for Config {
             selection: Selection::Uniform,
             allowed_origins: Vec::new(),
             ice_servers: Vec::new(),
+            metrics_token: None,
+            metrics_bind: None,
             log: "info".into(),
         }
     }
@@ -159,6 +266,37 @@ impl Config {
 
     pub fn count_interval(&self) -> Duration {
         Duration::from_millis(self.count_interval_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
+    }
+
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_header_timeout_secs)
+    }
+
+    pub fn slot_timeout(&self) -> Duration {
+        Duration::from_millis(self.slot_timeout_ms)
+    }
+
+    /// Settings that make no sense together, said in words.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.outbound_queue_bytes < self.max_message_bytes {
+            return Err(format!(
+                "--outbound-queue-bytes ({}) must hold the largest message, \
+                 --max-message-bytes ({})",
+                self.outbound_queue_bytes, self.max_message_bytes
+            ));
+        }
+        if self.max_page_bytes > self.max_message_bytes {
+            return Err(format!(
+                "--max-page-bytes ({}) cannot exceed --max-message-bytes ({}): \
+                 a relayed page travels in one message",
+                self.max_page_bytes, self.max_message_bytes
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1,137 +1,240 @@
-//! One websocket connection: reads Phoenix frames, applies the limits,
-//! answers joins, leaves and heartbeats, routes requests, relays pages and
-//! signals, and writes what other connections queued for it. Closes with a
-//! code and a reason a client can show.
+//! One websocket connection: reads Phoenix frames, spends the socket's and
+//! the address's limits on each before any work is done for it, answers
+//! joins, leaves and heartbeats, routes requests, relays pages and signals.
+//! A writer task of its own sends what is queued for it, so a client that
+//! stops reading never blocks the reader, the idle timer or a close; a
+//! write that stalls past the write timeout closes the connection. Closes
+//! follow RFC 6455: a code and a reason a client can show, the client's
+//! close echoed, and the client's reply awaited before the socket drops.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use ephemeral_shared::frame::{Frame, event};
 use ephemeral_shared::protocol::{
-    Content, ContentRequest, HostRequest, JoinReply, NO_HOSTS, PeerId, SignalFrom, SignalTo,
+    Content, ContentRequest, ContentUnavailable, HostRequest, JoinReply, MAX_EXCLUDE, NO_HOSTS,
+    PeerId, Reason, SignalFrom, SignalTo,
 };
 use ephemeral_shared::rate::RateLimiter;
 use ephemeral_shared::selection::Selection;
 use ephemeral_shared::topic::PHOENIX_TOPIC;
 use ephemeral_shared::{Role, Topic};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
+use std::sync::atomic::Ordering;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::{Instant, timeout};
 
 use crate::AppState;
-use crate::metrics::Rejection;
-use crate::registry::{Conn, Member, Outbound, Request, Routing};
+use crate::addresses::Hold;
+use crate::conn::{Conn, Outbound};
+use crate::metrics::Metrics;
+use crate::registry::{Member, Request};
 
-/// Close codes (RFC 6455).
+/// Close codes (RFC 6455, section 7.4.1).
 mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
 }
 
-/// An input refused, with the reason code and a sentence for people.
-type Refusal = (Rejection, String);
+/// How long a closing socket waits for the client's close frame: long
+/// enough for a round trip, short enough that a silent client cannot hold
+/// the socket.
+const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
 
-/// Serves one upgraded websocket until it closes.
-pub async fn serve(mut socket: WebSocket, state: Arc<AppState>, _permit: OwnedSemaphorePermit) {
+/// Refused messages a socket may send in a row before it is closed as a
+/// flood, and how fast that allowance comes back: a client briefly over
+/// its rate hears why; one that keeps going is cut off instead of being
+/// answered forever.
+const REFUSAL_BURST: u32 = 32;
+const REFUSALS_PER_SECOND: u32 = 2;
+
+/// An input refused, with the reason code and a sentence for people.
+type Refusal = (Reason, String);
+
+/// How the read loop ended.
+enum Ending {
+    /// The socket is gone (read error, or the stream ended).
+    Gone,
+    /// The client sent a close frame: echo it.
+    ClientClosed,
+    /// The server closes with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// Serves one upgraded websocket until it closes. `hold` counts it against
+/// its client's address, `_permit` against the server's total.
+pub async fn serve(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    hold: Hold,
+    _permit: OwnedSemaphorePermit,
+) {
     let peer = PeerId::from_random(rand::random());
-    let (conn, mut outbound) = Conn::new(peer, state.config.outbound_queue);
+    let config = &state.config;
+    let (conn, queue) = Conn::new(peer, hold.address().clone(), config.outbound_queue_bytes);
+    let (sink, mut stream) = socket.split();
+    let (close_tx, close_rx) = oneshot::channel();
+    let mut writer = tokio::spawn(write_queue(
+        sink,
+        queue,
+        close_rx,
+        conn.clone(),
+        config.write_timeout(),
+        state.metrics.clone(),
+    ));
     let mut session = Session::new(conn.clone(), state.clone());
     let metrics = &state.metrics;
     metrics.connections.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%peer, "connected");
+    tracing::debug!(%peer, address = %hold.address().key(), "connected");
 
-    let idle = state.config.idle_timeout();
+    let idle = config.idle_timeout();
     let idle_deadline = tokio::time::sleep(idle);
     tokio::pin!(idle_deadline);
     let mut shutdown = state.shutdown.clone();
 
-    let close: Option<(u16, &str)> = loop {
+    let ending = loop {
         tokio::select! {
-            incoming = socket.recv() => {
+            incoming = stream.next() => {
                 let message = match incoming {
-                    None => break None,
+                    None => break Ending::Gone,
                     Some(Ok(message)) => message,
                     Some(Err(error)) => break read_error(&error, metrics),
                 };
                 idle_deadline.as_mut().reset(Instant::now() + idle);
-                let replies = match message {
-                    Message::Text(text) => session.on_text(text.as_str()),
-                    Message::Binary(_) => {
-                        let why = "binary frames are not part of this protocol; send JSON text";
-                        vec![session.refuse_unparsed((Rejection::BinaryFrame, why.into()))]
-                    }
-                    Message::Close(_) => break None,
-                    Message::Ping(_) | Message::Pong(_) => Vec::new(),
-                };
-                if !send_all(&mut socket, replies).await {
-                    break None;
+                if let Message::Close(_) = message {
+                    break Ending::ClientClosed;
                 }
-                if session.flooding() {
-                    break Some((close::POLICY, "rate limit exceeded"));
-                }
-            }
-            Some(Outbound::Text(text)) = outbound.recv() => {
-                if socket.send(Message::Text(text)).await.is_err() {
-                    break None;
+                if let Some(ending) = session.on_message(message) {
+                    break ending;
                 }
             }
             () = &mut idle_deadline => {
-                metrics.reject(Rejection::IdleTimeout);
-                break Some((close::NORMAL, "idle timeout: no message or heartbeat"));
+                metrics.reject(Reason::IdleTimeout);
+                break Ending::Close(close::NORMAL, "idle timeout: no message or heartbeat");
             }
             () = conn.kill.notified() => {
-                break Some((close::POLICY, "too slow: messages were not read"));
+                break Ending::Close(close::POLICY, "too slow: messages were not read");
             }
-            _ = shutdown.changed() => break Some((close::GOING_AWAY, "server shutting down")),
+            _ = shutdown.changed() => break Ending::Close(close::GOING_AWAY, "server shutting down"),
+            _ = &mut writer => break Ending::Gone,
         }
     };
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = socket.send(Message::Close(Some(frame))).await;
-    }
+    // Off every topic first, so nobody routes to a socket that is closing.
     session.leave_all();
-    metrics.connections.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(%peer, ?close, "disconnected");
-}
-
-/// What to close with after a read error; oversize messages get 1009.
-fn read_error(
-    error: &axum::Error,
-    metrics: &crate::metrics::Metrics,
-) -> Option<(u16, &'static str)> {
-    use std::error::Error as _;
-    let capacity = error
-        .source()
-        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-    if capacity {
-        metrics.reject(Rejection::OversizeMessage);
-        Some((close::TOO_BIG, "message too big"))
-    } else {
-        tracing::debug!(%error, "websocket read failed");
-        Some((close::PROTOCOL_ERROR, "websocket protocol error"))
-    }
-}
-
-async fn send_all(socket: &mut WebSocket, frames: Vec<Frame>) -> bool {
-    for frame in frames {
-        if socket
-            .send(Message::Text(frame.encode().into()))
-            .await
-            .is_err()
-        {
-            return false;
+    match ending {
+        Ending::Gone => writer.abort(),
+        Ending::ClientClosed => {
+            let _ = close_tx.send(None);
+            let _ = timeout(CLOSE_HANDSHAKE_WAIT, &mut writer).await;
+        }
+        Ending::Close(code, reason) => {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = close_tx.send(Some(frame));
+            // Read until the client answers the close: dropping a socket with
+            // unread input makes the kernel send a reset, and the client would
+            // lose the close frame and its code.
+            let _ = timeout(CLOSE_HANDSHAKE_WAIT, async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let _ = timeout(CLOSE_HANDSHAKE_WAIT, &mut writer).await;
         }
     }
-    true
+    writer.abort();
+    metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(%peer, "disconnected");
+    drop(hold);
+}
+
+/// Writes what is queued for the connection, each write bounded by
+/// `write_timeout`; then the close frame, or the echo of the client's.
+async fn write_queue(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::UnboundedReceiver<Outbound>,
+    mut close: oneshot::Receiver<Option<CloseFrame>>,
+    conn: Arc<Conn>,
+    write_timeout: Duration,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            closing = &mut close => {
+                let closing = async {
+                    match closing {
+                        Ok(Some(frame)) => sink.send(Message::Close(Some(frame))).await,
+                        // The library queued the echo when it read the
+                        // client's close; closing the sink flushes it.
+                        _ => sink.close().await,
+                    }
+                };
+                let _ = timeout(CLOSE_HANDSHAKE_WAIT, closing).await;
+                return;
+            }
+            next = queue.recv() => {
+                let Some(Outbound::Text(text)) = next else { return };
+                let len = text.len();
+                match timeout(write_timeout, sink.send(Message::Text(text))).await {
+                    Ok(Ok(())) => conn.written(len),
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        conn.stall(&metrics);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What to close with after a read error (RFC 6455 codes).
+fn read_error(error: &axum::Error, metrics: &Metrics) -> Ending {
+    use std::error::Error as _;
+    let cause = error
+        .source()
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>());
+    match cause {
+        Some(tungstenite::Error::Capacity(_)) => {
+            metrics.reject(Reason::OversizeMessage);
+            Ending::Close(close::TOO_BIG, "message too big")
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            metrics.reject(Reason::InvalidUtf8);
+            Ending::Close(close::INVALID_DATA, "text frame is not valid UTF-8")
+        }
+        Some(tungstenite::Error::Protocol(_)) => {
+            tracing::debug!(%error, "websocket protocol violation");
+            Ending::Close(close::PROTOCOL_ERROR, "websocket protocol error")
+        }
+        _ => {
+            tracing::debug!(%error, "websocket read failed");
+            Ending::Gone
+        }
+    }
+}
+
+/// The size of a message as it counts against the byte rates.
+fn message_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) => bytes.len(),
+        Message::Ping(bytes) | Message::Pong(bytes) => bytes.len(),
+        Message::Close(_) => 0,
+    }
 }
 
 /// The protocol state of one connection.
@@ -141,11 +244,11 @@ struct Session {
     /// Topics joined, with the join ref their pushes carry. A handful at
     /// most, so a vector beats a map.
     joined: Vec<(Topic, Option<String>)>,
+    /// Messages of this socket, before any work is done for them.
     limiter: RateLimiter,
-    /// Messages refused in a row for the rate; past the burst, the socket
-    /// is closed instead of answered.
-    refused_in_a_row: u32,
-    /// Monotonic origin for the rate limiter's clock.
+    /// Refusals this socket may still earn before it is closed as a flood.
+    refusals: RateLimiter,
+    /// Monotonic origin for the limiters' clock.
     epoch: Instant,
 }
 
@@ -157,12 +260,13 @@ impl Session {
             config.message_burst,
             Duration::ZERO,
         );
+        let refusals = RateLimiter::new(REFUSALS_PER_SECOND, REFUSAL_BURST, Duration::ZERO);
         Self {
             conn,
             state,
             joined: Vec::new(),
             limiter,
-            refused_in_a_row: 0,
+            refusals,
             epoch: Instant::now(),
         }
     }
@@ -171,48 +275,102 @@ impl Session {
         self.conn.peer
     }
 
-    fn flooding(&self) -> bool {
-        self.refused_in_a_row > self.state.config.message_burst
-    }
-
-    /// Handles one text message; returns the replies to write.
-    fn on_text(&mut self, text: &str) -> Vec<Frame> {
-        let frame = match Frame::parse(text) {
+    /// Handles one message (not a close); `Some` when the socket must
+    /// close.
+    fn on_message(&mut self, message: Message) -> Option<Ending> {
+        // Every frame — text, binary, ping, malformed — spends the socket's
+        // and the address's allowance before anything else is done for it.
+        let admitted = if self.limiter.allow(self.epoch.elapsed()) {
+            self.conn.address.admit_message(message_len(&message))
+        } else {
+            Err(Reason::RateLimited)
+        };
+        if let Err(why) = admitted {
+            let detail = match why {
+                Reason::RateLimited => format!(
+                    "over {} messages per second on this socket; slow down",
+                    self.state.config.messages_per_second
+                ),
+                _ => "your address is over its messages or bytes per second; slow down".into(),
+            };
+            return self.refused(None, (why, detail));
+        }
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                let why = "binary frames are not part of this protocol; send JSON text";
+                return self.refused(None, (Reason::BinaryFrame, why.into()));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return None,
+        };
+        let frame = match Frame::parse(text.as_str()) {
             Ok(frame) => frame,
             Err(error) => {
                 let why = match error.code() {
-                    "malformed_json" => Rejection::MalformedJson,
-                    "wrong_arity" => Rejection::WrongArity,
-                    _ => Rejection::MalformedFrame,
+                    "malformed_json" => Reason::MalformedJson,
+                    "wrong_arity" => Reason::WrongArity,
+                    _ => Reason::MalformedFrame,
                 };
-                return vec![self.refuse_unparsed((why, error.to_string()))];
+                return self.refused(None, (why, error.to_string()));
             }
         };
-        if !self.limiter.allow(self.epoch.elapsed()) {
-            self.refused_in_a_row += 1;
-            let why = format!(
-                "over {} messages per second; slow down",
-                self.state.config.messages_per_second
-            );
-            return vec![self.refuse(&frame, (Rejection::RateLimited, why))];
+        if let Err(refusal) = self.check_size(&frame, text.len()) {
+            return self.refused(Some(&frame), refusal);
         }
-        self.refused_in_a_row = 0;
         match self.on_frame(&frame) {
-            Ok(replies) => replies,
-            Err(refusal) => vec![self.refuse(&frame, refusal)],
+            Ok(replies) => {
+                for reply in replies {
+                    self.send(reply);
+                }
+                None
+            }
+            Err(refusal) => self.refused(Some(&frame), refusal),
         }
     }
 
-    fn refuse(&self, frame: &Frame, (why, detail): Refusal) -> Frame {
-        self.state.metrics.reject(why);
-        frame.reply_error_detail(why.as_str(), &detail)
+    /// Every event has a size cap: `content` the page limit (enforced on
+    /// the page itself), `signal` its own, everything else a small one.
+    fn check_size(&self, frame: &Frame, len: usize) -> Result<(), Refusal> {
+        let config = &self.state.config;
+        let (cap, what) = match frame.event.as_str() {
+            event::CONTENT => return Ok(()),
+            event::SIGNAL => (config.max_signal_bytes, "signal"),
+            _ => (config.max_control_bytes, "this event's"),
+        };
+        if len > cap {
+            let detail = format!("{what} messages are at most {cap} bytes; this one is {len}");
+            return Err((Reason::MessageTooLarge, detail));
+        }
+        Ok(())
     }
 
-    /// Refuses a message whose refs are unknown: the reply goes on the
-    /// `phoenix` topic with null refs.
-    fn refuse_unparsed(&self, refusal: Refusal) -> Frame {
-        let unaddressed = Frame::new(None, None, PHOENIX_TOPIC, "", Default::default());
-        self.refuse(&unaddressed, refusal)
+    /// Answers a refused message with its reason (addressed to the frame
+    /// when it parsed), or closes the socket once it has been refused too
+    /// often.
+    fn refused(&mut self, frame: Option<&Frame>, (why, detail): Refusal) -> Option<Ending> {
+        let metrics = &self.state.metrics;
+        metrics.reject(why);
+        if !self.refusals.allow(self.epoch.elapsed()) {
+            metrics.reject(Reason::Flooding);
+            tracing::debug!(peer = %self.peer(), reason = why.as_str(), "closing a flooding socket");
+            return Some(Ending::Close(
+                close::POLICY,
+                "flooding: kept sending after being refused",
+            ));
+        }
+        let reply = match frame {
+            Some(frame) => reply_to(frame).reply_error_detail(why.as_str(), &detail),
+            None => Frame::new(None, None, PHOENIX_TOPIC, "", Default::default())
+                .reply_error_detail(why.as_str(), &detail),
+        };
+        self.send(reply);
+        None
+    }
+
+    /// Queues a frame for this socket, behind what others queued for it.
+    fn send(&self, frame: Frame) {
+        self.conn
+            .deliver(frame.encode().into(), &self.state.metrics);
     }
 
     fn on_frame(&mut self, frame: &Frame) -> Result<Vec<Frame>, Refusal> {
@@ -224,7 +382,7 @@ impl Session {
         }
         let topic: Topic = frame.topic.parse().map_err(|e| {
             (
-                Rejection::UnknownTopic,
+                Reason::UnknownTopic,
                 format!("{e}; got {:?}", truncate(&frame.topic)),
             )
         })?;
@@ -239,13 +397,17 @@ impl Session {
                 self.require(topic, Role::Have, event::CONTENT)?;
                 self.content(frame, topic)
             }
+            event::CONTENT_UNAVAILABLE => {
+                self.require(topic, Role::Have, event::CONTENT_UNAVAILABLE)?;
+                self.content_unavailable(frame, topic)
+            }
             event::SIGNAL => {
                 self.require_joined(topic)?;
                 self.signal(frame, topic)
             }
             other => Err(unknown_event(
                 other,
-                "phx_join, phx_leave, content_request, content, signal",
+                "phx_join, phx_leave, content_request, content, content_unavailable, signal",
             )),
         }
     }
@@ -260,28 +422,36 @@ impl Session {
     fn require_joined(&self, topic: Topic) -> Result<(), Refusal> {
         match self.join_ref(topic) {
             Some(_) => Ok(()),
-            None => Err((Rejection::NotJoined, format!("join {topic} first"))),
+            None => Err((Reason::NotJoined, format!("join {topic} first"))),
         }
     }
 
     fn require(&self, topic: Topic, role: Role, event: &str) -> Result<(), Refusal> {
         if topic.role != role {
             let detail = format!("{event} is sent on {}:<hash> topics", role.as_str());
-            return Err((Rejection::UnknownEvent, detail));
+            return Err((Reason::UnknownEvent, detail));
         }
         self.require_joined(topic)
     }
 
     fn join(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
         if self.join_ref(topic).is_some() {
-            return Err((Rejection::AlreadyJoined, format!("already joined {topic}")));
+            return Err((Reason::AlreadyJoined, format!("already joined {topic}")));
         }
-        let max = self.state.config.max_topics_per_socket;
+        let config = &self.state.config;
+        let max = config.max_topics_per_socket;
         if self.joined.len() >= max {
             return Err((
-                Rejection::TooManyTopics,
+                Reason::TooManyTopics,
                 format!("at most {max} topics per socket"),
             ));
+        }
+        if !self.conn.address.admit_join() {
+            let detail = format!(
+                "your address is over {} joins per second; slow down",
+                config.joins_per_second_per_address
+            );
+            return Err((Reason::AddressRateLimited, detail));
         }
         self.joined.push((topic, frame.join_ref.clone()));
         let member = Member {
@@ -293,7 +463,8 @@ impl Session {
             peer_id: self.peer(),
             count: counts.count,
             waiting: counts.waiting,
-            ice_servers: self.state.config.ice_servers.clone(),
+            ice_servers: config.ice_servers.clone(),
+            max_relay_bytes: Some(config.max_page_bytes),
         };
         Ok(vec![frame.reply_ok(&reply)])
     }
@@ -317,43 +488,37 @@ impl Session {
     fn content_request(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
         let request: ContentRequest = frame
             .payload_as()
-            .map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+            .map_err(|e| (Reason::BadPayload, e.to_string()))?;
+        if request.exclude.len() > MAX_EXCLUDE {
+            let detail = format!(
+                "exclude lists at most {MAX_EXCLUDE} peers; got {}",
+                request.exclude.len()
+            );
+            return Err((Reason::BadPayload, detail));
+        }
+        let request = Request {
+            visitor: Member {
+                conn: self.conn.clone(),
+                join_ref: frame.join_ref.clone(),
+            },
+            msg_ref: frame.msg_ref.clone(),
+            relay: request.relay,
+            exclude: request.exclude.into_iter().collect(),
+        };
         if self.state.config.selection == Selection::CoinFlip {
             return Ok(vec![self.coin_flip_request(frame, topic, request)]);
         }
-        let visitor = Member {
-            conn: self.conn.clone(),
-            join_ref: frame.join_ref.clone(),
-        };
-        let request = Request {
-            visitor,
-            msg_ref: frame.msg_ref.clone(),
-            relay: request.relay,
-            exclude: request.exclude,
-        };
         // The registry queues the reply on this socket (now, or when a host
         // has a free slot), ahead of anything the host will send.
-        if let Routing::Queued(ticket) = self.state.registry.request(topic.hash, request) {
-            let state = Arc::downgrade(&self.state);
-            let wait = self.state.config.queue_wait();
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                if let Some(state) = state.upgrade() {
-                    state.registry.route_overdue(topic.hash, ticket);
-                }
-            });
-        }
+        self.state.registry.request(topic.hash, request);
         Ok(Vec::new())
     }
 
     /// The seed's routing: every host gets the request with probability
     /// 1/n; the reply says how many did.
-    fn coin_flip_request(&self, frame: &Frame, topic: Topic, request: ContentRequest) -> Frame {
+    fn coin_flip_request(&self, frame: &Frame, topic: Topic, request: Request) -> Frame {
         let metrics = &self.state.metrics;
-        let (hosts, eligible) =
-            self.state
-                .registry
-                .coin_flip_hosts(topic.hash, self.peer(), &request.exclude);
+        let (hosts, eligible) = self.state.registry.coin_flip_hosts(topic.hash, &request);
         if eligible == 0 {
             metrics.requests_no_host.fetch_add(1, Ordering::Relaxed);
             return frame.reply_error(NO_HOSTS);
@@ -378,51 +543,96 @@ impl Session {
         frame.reply_ok(&json!({ "routed": hosts.len() }))
     }
 
+    /// Relayed content goes only to visitors that asked this host for the
+    /// relay, once per request: a host cannot make the server multiply its
+    /// bytes over every visitor of the page.
     fn content(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
         let Content { content } = frame
             .payload_as()
-            .map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+            .map_err(|e| (Reason::BadPayload, e.to_string()))?;
         let max = self.state.config.max_page_bytes;
         if content.len() > max {
             let detail = format!("page is {} bytes, the limit is {max}", content.len());
-            return Err((Rejection::PageTooLarge, detail));
+            return Err((Reason::PageTooLarge, detail));
+        }
+        let registry = &self.state.registry;
+        let asked = registry.relay_visitors(topic.hash, self.peer());
+        if asked == 0 {
+            let detail = "no visitor asked this host for the page over the relay".to_string();
+            return Err((Reason::NotRequested, detail));
         }
         if !topic.hash.matches(content.as_bytes()) {
             let detail = "content does not hash to the topic's SHA-256".to_string();
-            return Err((Rejection::HashMismatch, detail));
+            return Err((Reason::HashMismatch, detail));
         }
         let page_bytes = content.len() as u64;
-        let want = Topic::want(topic.hash);
-        let wanters = self.state.registry.members(want);
-        let text: Utf8Bytes = Frame::with_payload(
-            None,
-            None,
-            want.to_string(),
-            event::CONTENT,
-            &Content { content },
-        )
-        .encode()
-        .into();
+        if !self
+            .conn
+            .address
+            .admit_relay(page_bytes.saturating_mul(asked as u64))
+        {
+            let detail = format!(
+                "your address is over {} relayed bytes per second",
+                self.state.config.relay_bytes_per_second_per_address
+            );
+            return Err((Reason::RelayQuota, detail));
+        }
+        let visitors = registry.take_relay_visitors(topic.hash, self.peer());
+        let want = Topic::want(topic.hash).to_string();
         let metrics = &self.state.metrics;
-        for wanter in &wanters {
-            if wanter.conn.deliver(text.clone(), metrics) {
+        for visitor in &visitors {
+            let text = Frame::with_payload(
+                visitor.join_ref.clone(),
+                None,
+                want.clone(),
+                event::CONTENT,
+                &Content {
+                    content: content.clone(),
+                },
+            )
+            .encode();
+            if visitor.conn.deliver(text.into(), metrics) {
                 metrics
                     .relayed_bytes
                     .fetch_add(page_bytes, Ordering::Relaxed);
             }
         }
-        Ok(vec![frame.reply_ok(&json!({ "delivered": wanters.len() }))])
+        Ok(vec![
+            frame.reply_ok(&json!({ "delivered": visitors.len() })),
+        ])
+    }
+
+    /// A host that cannot relay the page (too large for the relay) says so;
+    /// the visitor that asked hears it at once instead of timing out.
+    fn content_unavailable(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
+        let ContentUnavailable { to, size } = frame
+            .payload_as()
+            .map_err(|e| (Reason::BadPayload, e.to_string()))?;
+        if !self
+            .state
+            .registry
+            .relay_unavailable(topic.hash, self.peer(), to, size)
+        {
+            let detail = format!("peer {to} did not ask this host for the relay");
+            return Err((Reason::NotRequested, detail));
+        }
+        Ok(vec![frame.reply_ok(&json!({}))])
     }
 
     fn signal(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
         let SignalTo { to, body } = frame
             .payload_as()
-            .map_err(|e| (Rejection::BadPayload, e.to_string()))?;
+            .map_err(|e| (Reason::BadPayload, e.to_string()))?;
         let other_side = topic.opposite();
-        let Some(target) = self.state.registry.member(other_side, to) else {
+        let registry = &self.state.registry;
+        let Some(target) = registry.member(other_side, to) else {
             let detail = format!("peer {to} is not on {other_side}");
-            return Err((Rejection::UnknownPeer, detail));
+            return Err((Reason::UnknownPeer, detail));
         };
+        if topic.role == Role::Want {
+            // The visitor answers its host: its upload slot is in use.
+            registry.progress(topic.hash, self.peer(), to);
+        }
         let forwarded = SignalFrom {
             from: self.peer(),
             body,
@@ -455,9 +665,21 @@ impl Session {
     }
 }
 
+/// The frame an error reply answers, with a long topic cut short: a reply
+/// must not echo a client's megabytes back to it.
+fn reply_to(frame: &Frame) -> Frame {
+    Frame::new(
+        frame.join_ref.clone(),
+        frame.msg_ref.clone(),
+        truncate(&frame.topic),
+        frame.event.as_str(),
+        Default::default(),
+    )
+}
+
 fn unknown_event(event: &str, expected: &str) -> Refusal {
     (
-        Rejection::UnknownEvent,
+        Reason::UnknownEvent,
         format!("unknown event {:?}; expected {expected}", truncate(event)),
     )
 }

@@ -4,25 +4,34 @@
 //! and broadcasts how many hosts a page has. It stores no page.
 //!
 //! ```text
-//!  Listener (axum) ── /ws/websocket ──► connection::serve (one task per socket)
+//!  http (accept, per-address cap, timeouts)
+//!    └─ Router ── /ws/websocket ──► connection::serve (reader task + writer task)
 //!        │                                   │  Session: limits, joins, routing
 //!        ├── /healthz, /metrics              ▼
 //!        └── /, /<hash>, /<file> ◄─ assets   Registry: pages → hosts, wanters
+//!                                            ├─ run_timers (slots, queue)
 //!                                            └─ broadcast_counts (coalesced)
 //! ```
 //!
 //! - [`config`]: every setting and limit, from flags or `EPHEMERAL_*`.
+//! - [`http`]: the listener, per-address connection cap, HTTP timeouts.
+//! - [`addresses`]: client addresses (through trusted proxies) and their
+//!   limits.
 //! - [`connection`]: one socket, start to close.
-//! - [`registry`]: topic membership, selection, count broadcasts.
+//! - [`conn`]: the handle others reach a socket by; its byte-bounded queue.
+//! - [`registry`]: topic membership, selection, slots, count broadcasts.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`assets`]: the embedded web client.
 //!
 //! Embedders and tests call [`start`] (binds, serves in the background);
 //! the binary calls [`run`] (serves until SIGINT/SIGTERM).
 
+pub mod addresses;
 pub mod assets;
 pub mod config;
+pub mod conn;
 pub mod connection;
+pub mod http;
 pub mod metrics;
 pub mod registry;
 
@@ -30,26 +39,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use addresses::{AddressLimits, Addresses, Kind};
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use ephemeral_shared::protocol::Reason;
+use registry::{Registry, RoutingLimits};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 pub use config::Config;
 pub use metrics::Metrics;
-use metrics::Rejection;
-use registry::Registry;
 
 /// What every request handler shares.
 pub struct AppState {
     pub config: Config,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    /// Every client address with a connection open, and its limits.
+    pub addresses: Arc<Addresses>,
     /// Flips to `true` once: every connection then closes with 1001.
     shutdown: watch::Receiver<bool>,
     /// Caps open websockets; a permit lives as long as its connection.
@@ -62,6 +73,7 @@ pub struct AppState {
 /// A server running in the background.
 pub struct RunningServer {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     serve_task: tokio::task::JoinHandle<()>,
@@ -77,6 +89,11 @@ impl RunningServer {
     /// `ws://…/ws/websocket?vsn=2.0.0` for this server.
     pub fn websocket_url(&self) -> String {
         format!("ws://{}/ws/websocket?vsn=2.0.0", self.local_addr)
+    }
+
+    /// Where `/metrics` is served when `--metrics-bind` moved it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -103,16 +120,44 @@ impl RunningServer {
 
 /// Binds `config.bind` and serves in the background.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let local_addr = listener.local_addr().context("listener has no address")?;
+    let metrics_listener = match config.metrics_bind {
+        Some(bind) => Some(
+            TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("cannot listen on {bind} for /metrics"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(listener) => Some(listener.local_addr().context("listener has no address")?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::channel(1);
+    let routing = RoutingLimits {
+        max_uploads_per_host: config.max_uploads_per_host,
+        queue_wait: config.queue_wait(),
+        slot_timeout: config.slot_timeout(),
+    };
+    let addresses = Addresses::new(AddressLimits {
+        connections: config.max_connections_per_address,
+        messages_per_second: config.messages_per_second_per_address,
+        bytes_per_second: config.bytes_per_second_per_address as u64,
+        joins_per_second: config.joins_per_second_per_address,
+        relay_bytes_per_second: config.relay_bytes_per_second_per_address as u64,
+        largest_message: config.max_message_bytes as u64,
+        largest_page: config.max_page_bytes as u64,
+    });
     let state = Arc::new(AppState {
-        registry: Registry::new(metrics.clone(), config.max_uploads_per_host),
+        registry: Registry::new(metrics.clone(), routing),
         metrics: metrics.clone(),
+        addresses,
         shutdown: shutdown_rx.clone(),
         connection_limit: Arc::new(Semaphore::new(config.max_connections)),
         connections_done: done_tx,
@@ -128,28 +173,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             .broadcast_counts(interval, counts_shutdown)
             .await;
     });
+    let timer_state = state.clone();
+    let timer_shutdown = shutdown_rx.clone();
+    tokio::spawn(async move { timer_state.registry.run_timers(timer_shutdown).await });
 
-    let app = router(state);
-    let mut stop = shutdown_rx;
-    let serve_task = tokio::spawn(async move {
-        // Signals and replies are small writes, each answered by the peer:
-        // without TCP_NODELAY, Nagle holds a write back until the previous
-        // one is acknowledged, and the peer's delayed ACK makes that ~40 ms.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopping| *stopping).await;
-        });
-        if let Err(error) = serve.await {
-            tracing::error!(%error, "server stopped with an error");
-        }
-    });
+    let (app, metrics_app) = routers(state.clone());
+    if let (Some(listener), Some(metrics_app)) = (metrics_listener, metrics_app) {
+        tokio::spawn(http::serve(
+            listener,
+            metrics_app,
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    let serve_task = tokio::spawn(http::serve(listener, app, state, shutdown_rx));
     tracing::info!(%local_addr, "listening");
     Ok(RunningServer {
         local_addr,
+        metrics_addr,
         metrics,
         shutdown: shutdown_tx,
         serve_task,
@@ -177,36 +218,104 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+/// The public router, and the `/metrics` router when `--metrics-bind`
+/// moves it off the public address.
+fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
+    let metrics_route = Router::new().route("/metrics", get(metrics));
+    let public = Router::new()
         .route("/ws/websocket", get(websocket))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }));
+    let (public, separate) = if state.config.metrics_bind.is_some() {
+        (public, Some(metrics_route.with_state(state.clone())))
+    } else {
+        (public.merge(metrics_route), None)
+    };
+    let public = public
         .route("/", get(assets::index))
         .route("/{*path}", get(assets::file))
-        .with_state(state)
+        .with_state(state);
+    (public, separate)
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.config.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if !presented
+            .is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes()))
+        {
+            state.metrics.reject(Reason::MetricsUnauthorized);
+            let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
+            return (
+                StatusCode::UNAUTHORIZED,
+                challenge,
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
     let content_type = [(header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     (content_type, state.metrics.render()).into_response()
 }
 
+/// Compares without stopping at the first difference, so response times do
+/// not reveal how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A `Sec-WebSocket-Key` as RFC 6455 (section 4.1) requires: 16 bytes in
+/// base64, which is 22 characters and `==`.
+fn valid_websocket_key(key: &[u8]) -> bool {
+    let is_base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    // The 22nd character carries only 2 bits of the 16th byte; its low 4
+    // bits must be zero.
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(is_base64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+}
+
 async fn websocket(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let metrics = &state.metrics;
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|key| key.as_bytes())
+        .unwrap_or_default();
+    if !valid_websocket_key(key) {
+        metrics.reject(Reason::BadHandshake);
+        return (
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be 16 bytes in base64\n",
+        )
+            .into_response();
+    }
     let allowed = &state.config.allowed_origins;
     if !allowed.is_empty()
         && let Some(origin) = headers.get(header::ORIGIN)
         && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes())
     {
-        state.metrics.reject(Rejection::OriginNotAllowed);
+        metrics.reject(Reason::OriginNotAllowed);
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
+    let client = addresses::client_address(peer.ip(), &headers, &state.config.trusted_proxies);
+    let Some(hold) = state.addresses.hold(client, Kind::Websocket, true) else {
+        metrics.reject(Reason::TooManyFromAddress);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address\n",
+        )
+            .into_response();
+    };
     let Ok(permit) = state.connection_limit.clone().try_acquire_owned() else {
-        state.metrics.reject(Rejection::TooManyConnections);
+        metrics.reject(Reason::TooManyConnections);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     };
     let config = &state.config;
@@ -219,8 +328,33 @@ async fn websocket(
         .on_upgrade(move |socket| {
             let done = state.connections_done.clone();
             async move {
-                connection::serve(socket, state, permit).await;
+                connection::serve(socket, state, hold, permit).await;
                 drop(done);
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_keys_must_be_sixteen_bytes_of_base64() {
+        assert!(valid_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_websocket_key(b""));
+        assert!(!valid_websocket_key(b"not a key"));
+        assert!(
+            !valid_websocket_key(b"dGhlIHNhbXBsZSBub25jZR=="),
+            "stray low bits"
+        );
+        assert!(!valid_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!valid_websocket_key(b"dGhlIHNhbXBsZSBub25j!Q=="));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+    }
 }

@@ -5,85 +5,15 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-/// Why an input was refused; the label of `ephemeral_rejected_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    MalformedJson,
-    WrongArity,
-    MalformedFrame,
-    UnknownTopic,
-    NotJoined,
-    AlreadyJoined,
-    TooManyTopics,
-    UnknownEvent,
-    BadPayload,
-    HashMismatch,
-    PageTooLarge,
-    UnknownPeer,
-    RateLimited,
-    OversizeMessage,
-    BinaryFrame,
-    SlowConsumer,
-    IdleTimeout,
-    OriginNotAllowed,
-    TooManyConnections,
-}
+pub use ephemeral_shared::protocol::Reason;
 
-impl Rejection {
-    const ALL: [Rejection; 19] = [
-        Rejection::MalformedJson,
-        Rejection::WrongArity,
-        Rejection::MalformedFrame,
-        Rejection::UnknownTopic,
-        Rejection::NotJoined,
-        Rejection::AlreadyJoined,
-        Rejection::TooManyTopics,
-        Rejection::UnknownEvent,
-        Rejection::BadPayload,
-        Rejection::HashMismatch,
-        Rejection::PageTooLarge,
-        Rejection::UnknownPeer,
-        Rejection::RateLimited,
-        Rejection::OversizeMessage,
-        Rejection::BinaryFrame,
-        Rejection::SlowConsumer,
-        Rejection::IdleTimeout,
-        Rejection::OriginNotAllowed,
-        Rejection::TooManyConnections,
-    ];
-
-    /// The stable name, used as the metrics label and as the `reason` of
-    /// error replies.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::MalformedJson => "malformed_json",
-            Rejection::WrongArity => "wrong_arity",
-            Rejection::MalformedFrame => "malformed_frame",
-            Rejection::UnknownTopic => "unknown_topic",
-            Rejection::NotJoined => "not_joined",
-            Rejection::AlreadyJoined => "already_joined",
-            Rejection::TooManyTopics => "too_many_topics",
-            Rejection::UnknownEvent => "unknown_event",
-            Rejection::BadPayload => "bad_payload",
-            Rejection::HashMismatch => "hash_mismatch",
-            Rejection::PageTooLarge => "page_too_large",
-            Rejection::UnknownPeer => "unknown_peer",
-            Rejection::RateLimited => "rate_limited",
-            Rejection::OversizeMessage => "oversize_message",
-            Rejection::BinaryFrame => "binary_frame",
-            Rejection::SlowConsumer => "slow_consumer",
-            Rejection::IdleTimeout => "idle_timeout",
-            Rejection::OriginNotAllowed => "origin_not_allowed",
-            Rejection::TooManyConnections => "too_many_connections",
-        }
-    }
-}
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub connections: AtomicI64,
     /// Topic memberships across all sockets.
     pub topics: AtomicI64,
+    /// Pages with at least one host or visitor.
+    pub pages: AtomicI64,
     pub requests_routed: AtomicU64,
     pub requests_no_host: AtomicU64,
     /// Requests that waited for a host's free upload slot.
@@ -92,15 +22,32 @@ pub struct Metrics {
     /// Page bytes sent to visitors over the websocket relay.
     pub relayed_bytes: AtomicU64,
     pub count_broadcasts: AtomicU64,
-    rejected: [AtomicU64; Rejection::ALL.len()],
+    rejected: [AtomicU64; Reason::ALL.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections: AtomicI64::new(0),
+            topics: AtomicI64::new(0),
+            pages: AtomicI64::new(0),
+            requests_routed: AtomicU64::new(0),
+            requests_no_host: AtomicU64::new(0),
+            requests_queued: AtomicU64::new(0),
+            signals_relayed: AtomicU64::new(0),
+            relayed_bytes: AtomicU64::new(0),
+            count_broadcasts: AtomicU64::new(0),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Metrics {
-    pub fn reject(&self, why: Rejection) {
+    pub fn reject(&self, why: Reason) {
         self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn rejected(&self, why: Rejection) -> u64 {
+    pub fn rejected(&self, why: Reason) -> u64 {
         self.rejected[why as usize].load(Ordering::Relaxed)
     }
 
@@ -116,6 +63,11 @@ impl Metrics {
                 "ephemeral_topics",
                 "Topic memberships across all sockets.",
                 &self.topics,
+            ),
+            (
+                "ephemeral_pages",
+                "Pages with at least one host or waiting visitor.",
+                &self.pages,
             ),
         ];
         for (name, help, value) in gauges {
@@ -163,12 +115,12 @@ impl Metrics {
             out,
             "# HELP {name} Inputs refused, by reason.\n# TYPE {name} counter"
         );
-        for why in Rejection::ALL {
+        for why in Reason::ALL {
             let _ = writeln!(
                 out,
                 "{name}{{reason=\"{}\"}} {}",
                 why.as_str(),
-                self.rejected(why)
+                self.rejected(*why)
             );
         }
         out
@@ -182,14 +134,14 @@ mod tests {
     #[test]
     fn renders_every_reason_with_its_count() {
         let metrics = Metrics::default();
-        metrics.reject(Rejection::HashMismatch);
-        metrics.reject(Rejection::HashMismatch);
+        metrics.reject(Reason::HashMismatch);
+        metrics.reject(Reason::HashMismatch);
         metrics.connections.fetch_add(3, Ordering::Relaxed);
         let text = metrics.render();
         assert!(text.contains("ephemeral_rejected_total{reason=\"hash_mismatch\"} 2\n"));
         assert!(text.contains("ephemeral_rejected_total{reason=\"too_many_connections\"} 0\n"));
         assert!(text.contains("ephemeral_connections 3\n"));
-        for (i, why) in Rejection::ALL.iter().enumerate() {
+        for (i, why) in Reason::ALL.iter().enumerate() {
             assert_eq!(*why as usize, i, "ALL is in declaration order");
         }
     }

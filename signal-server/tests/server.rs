@@ -363,7 +363,7 @@ async fn coin_flip_mode_behaves_like_the_seed() {
 }
 
 #[tokio::test]
-async fn relayed_content_is_checked_then_broadcast() {
+async fn relayed_content_is_checked_then_sent_to_those_who_asked() {
     let config = Config {
         max_page_bytes: 64,
         ..Config::default()
@@ -378,6 +378,19 @@ async fn relayed_content_is_checked_then_broadcast() {
         let mut visitor = Client::connect(&server).await;
         visitor.join(&want).await;
         visitors.push(visitor);
+    }
+    // Nobody asked yet: the server carries nothing.
+    let (status, response) = host.call(&have, "content", json!({"content": text})).await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "not_requested")
+    );
+    for visitor in &mut visitors {
+        let (status, _) = visitor
+            .call(&want, "content_request", json!({"relay": true}))
+            .await;
+        assert_eq!(status, "ok");
+        host.expect(|f| f.event == "content_request").await;
     }
 
     let (status, response) = host
@@ -402,6 +415,12 @@ async fn relayed_content_is_checked_then_broadcast() {
 
     let (status, response) = host.call(&have, "content", json!({"content": text})).await;
     assert_eq!((status.as_str(), response), ("ok", json!({"delivered": 2})));
+    // Once per request: a second push reaches nobody.
+    let (status, response) = host.call(&have, "content", json!({"content": text})).await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "not_requested")
+    );
     for visitor in &mut visitors {
         let content = visitor.expect(|f| f.event == "content").await;
         assert_eq!(content.topic, want);
@@ -572,7 +591,10 @@ async fn floods_are_refused_then_cut_off() {
     }
     assert_eq!(
         client.ended().await,
-        Ended::Closed(Some((1008, "rate limit exceeded".into())))
+        Ended::Closed(Some((
+            1008,
+            "flooding: kept sending after being refused".into()
+        )))
     );
     // Others are unaffected.
     let mut other = Client::connect(&server).await;
@@ -585,6 +607,7 @@ async fn oversize_messages_close_with_1009() {
     let config = Config {
         max_message_bytes: 1024,
         max_frame_bytes: 1024,
+        max_page_bytes: 512,
         ..Config::default()
     };
     let server = server(config).await;
