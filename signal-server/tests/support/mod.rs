@@ -51,6 +51,10 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(server.websocket_url())
             .await
             .expect("websocket connects");
+        Self::over(ws)
+    }
+
+    fn over(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
         Self {
             ws,
             next_ref: 0,
@@ -59,12 +63,57 @@ impl Client {
         }
     }
 
+    /// Connects from `source` (any 127.0.0.0/8 address is this machine), so
+    /// a test can be a different client address than its bystanders.
+    /// `receive_buffer` shrinks the socket's kernel buffer, for a client
+    /// that stops reading to fill up fast.
+    pub async fn try_connect_from(
+        server: &RunningServer,
+        source: &str,
+        receive_buffer: Option<u32>,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let tcp = tcp_from(server, source, receive_buffer).await?;
+        let (ws, _) =
+            tokio_tungstenite::client_async(server.websocket_url(), MaybeTlsStream::Plain(tcp))
+                .await?;
+        Ok(Self::over(ws))
+    }
+
+    pub async fn connect_from(server: &RunningServer, source: &str) -> Self {
+        Self::try_connect_from(server, source, None)
+            .await
+            .expect("websocket connects")
+    }
+
     pub async fn send_raw(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }
 
     pub async fn send_message(&mut self, message: Message) {
         self.ws.send(message).await.expect("send");
+    }
+
+    /// Sends, not minding a server that already closed the socket.
+    pub async fn send_lossy(&mut self, message: Message) -> bool {
+        self.ws.send(message).await.is_ok()
+    }
+
+    /// Heartbeat round trips, `n` in a row; the slowest.
+    pub async fn slowest_heartbeat(&mut self, n: usize) -> Duration {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..n {
+            let start = std::time::Instant::now();
+            let (status, _) = self.call("phoenix", "heartbeat", json!({})).await;
+            assert_eq!(status, "ok");
+            slowest = slowest.max(start.elapsed());
+        }
+        slowest
+    }
+
+    /// Starts the close handshake; returns what the server answered.
+    pub async fn close_and_hear_back(&mut self) -> Ended {
+        let _ = self.ws.send(Message::Close(None)).await;
+        self.ended().await
     }
 
     /// Pushes an event; returns its ref.
@@ -177,6 +226,34 @@ impl Client {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+/// A TCP connection to the server from `source`.
+pub async fn tcp_from(
+    server: &RunningServer,
+    source: &str,
+    receive_buffer: Option<u32>,
+) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    socket.bind(format!("{source}:0").parse().expect("a source address"))?;
+    socket.connect(server.local_addr()).await
+}
+
+/// Reads until the server closes `stream` (EOF or reset), up to `wait`;
+/// whether it did.
+pub async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
     }
 }
 
