@@ -5,7 +5,8 @@
 //! ephemeral-peer get http://host/<hash>   # writes the page to stdout
 //! ```
 //!
-//! Exit codes say what went wrong, so scripts can tell: see [`Exit`].
+//! Exit codes say what went wrong, so scripts can tell: see [`Exit`] (and
+//! `--help`, which lists them as [`EXIT_CODES`]).
 
 use std::io::{IsTerminal, Read, Write};
 use std::net::IpAddr;
@@ -19,17 +20,30 @@ use ephemeral_peer::peer::FetchProgress;
 use ephemeral_peer::{FetchError, FetchOptions, PageHash, Peer, PeerConfig, PeerError};
 use ephemeral_shared::FetchFailure;
 use ephemeral_shared::protocol::IceServer;
+use ephemeral_shared::size::{Bytes, compared};
 use tokio::sync::watch;
 
 /// Pages shown with a progress line on stderr: smaller ones arrive before a
 /// person could read it.
 const PROGRESS_FROM_BYTES: usize = 256 * 1024;
 
+/// The exit codes, for `--help`; [`Exit`] is their source.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  anything else: bad arguments, I/O, a refused request
+  2  the server could not be reached
+  3  gone: nobody hosts the page
+  4  every host sent bytes that do not match the page's address
+  5  page too large: over --max-page-bytes, or over the server's relay
+     limit when WebRTC is off or failed";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ephemeral-peer",
     version,
-    about = "Share and get Ephemeral pages, peer to peer"
+    about = "Share and get Ephemeral pages, peer to peer",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(flatten)]
@@ -61,7 +75,7 @@ struct Options {
     /// `turn:user:pass@host:port`. Added to those the server hands out.
     #[arg(long = "ice-server", global = true)]
     ice_servers: Vec<IceServer>,
-    /// Largest page accepted, in bytes.
+    /// Largest page this peer gets or shares, in bytes.
     #[arg(long, global = true, default_value_t = 1 << 20)]
     max_page_bytes: usize,
 }
@@ -97,6 +111,27 @@ enum Exit {
     Gone = 3,
     /// Every host sent bytes that do not match the address.
     HashMismatch = 4,
+    /// The page is larger than this peer accepts, or than the server
+    /// relays when WebRTC is off or failed.
+    TooLarge = 5,
+}
+
+/// Why `share` will not host a page.
+#[derive(Debug, thiserror::Error)]
+enum ShareRefused {
+    /// Worded as a visitor's refusal is: the same limit, the same words.
+    #[error("{}", FetchFailure::PageTooLarge { size: *size, max: *max })]
+    OverOwnLimit { size: u64, max: u64 },
+    #[error("{}", over_relay_limit(*size, *max_relay))]
+    RelayOnlyOverRelayLimit { size: u64, max_relay: u64 },
+}
+
+fn over_relay_limit(size: u64, max_relay: u64) -> String {
+    let (size, max_relay) = compared(size, max_relay);
+    format!(
+        "the page is {size}; the server relays pages up to {max_relay}, \
+         and --relay-only rules out WebRTC, so no visitor could get it"
+    )
 }
 
 fn main() -> ExitCode {
@@ -118,7 +153,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            match hint(&error) {
+                Some(hint) => eprintln!("error: {error:#} — {hint}"),
+                None => eprintln!("error: {error:#}"),
+            }
             ExitCode::from(exit_code(&error) as u8)
         }
     }
@@ -128,12 +166,42 @@ fn exit_code(error: &anyhow::Error) -> Exit {
     if let Some(PeerError::Unreachable { .. }) = error.downcast_ref::<PeerError>() {
         return Exit::Unreachable;
     }
+    if error.downcast_ref::<ShareRefused>().is_some() {
+        return Exit::TooLarge;
+    }
     match error.downcast_ref::<FetchError>() {
         Some(FetchError::Gone) => Exit::Gone,
         Some(FetchError::Failed(FetchFailure::WrongBytesFromEveryHost { .. })) => {
             Exit::HashMismatch
         }
+        Some(FetchError::Failed(failure)) if failure.is_too_large() => Exit::TooLarge,
         _ => Exit::Error,
+    }
+}
+
+/// What the person at the terminal can do about `error`, when a flag
+/// helps.
+fn hint(error: &anyhow::Error) -> Option<String> {
+    let raise =
+        |size: u64, verb: &str| format!("pass --max-page-bytes {size} (or more) to {verb} it");
+    if let Some(refused) = error.downcast_ref::<ShareRefused>() {
+        return Some(match refused {
+            ShareRefused::OverOwnLimit { size, .. } => raise(*size, "share"),
+            ShareRefused::RelayOnlyOverRelayLimit { .. } => {
+                "drop --relay-only to serve it over WebRTC".to_string()
+            }
+        });
+    }
+    match error.downcast_ref::<FetchError>()? {
+        FetchError::Failed(FetchFailure::PageTooLarge { size, .. }) => Some(raise(*size, "get")),
+        FetchError::Failed(FetchFailure::TooLargeForRelay { webrtc_tried, .. }) => {
+            Some(if *webrtc_tried {
+                "a TURN server (--ice-server turn:…) may let WebRTC connect".to_string()
+            } else {
+                "drop --relay-only to get it over WebRTC".to_string()
+            })
+        }
+        _ => None,
     }
 }
 
@@ -182,6 +250,7 @@ fn parse_page(page: &str) -> anyhow::Result<PageHash> {
 }
 
 async fn share(config: PeerConfig, file: &str) -> anyhow::Result<()> {
+    let max = config.fetch.max_page_bytes;
     let bytes = if file == "-" {
         let mut bytes = Vec::new();
         std::io::stdin()
@@ -196,15 +265,51 @@ async fn share(config: PeerConfig, file: &str) -> anyhow::Result<()> {
             "{file} is not UTF-8 text ({error}); Ephemeral pages are text, so convert it first"
         );
     }
+    // A visitor with the same limit would refuse it, so hosting it would
+    // only give them a failure.
+    if bytes.len() > max {
+        return Err(ShareRefused::OverOwnLimit {
+            size: bytes.len() as u64,
+            max: max as u64,
+        }
+        .into());
+    }
+    let size = bytes.len();
     let server = config.server.clone();
+    let relay_only = !config.fetch.webrtc;
     let peer = Peer::connect(config).await?;
     let hash = peer.share(bytes).await?;
+    // The join reply just told us the server's relay limit.
+    let max_relay = peer.status().borrow().max_relay_bytes;
+    if relay_only && let Some(max_relay) = max_relay.filter(|max_relay| size > *max_relay) {
+        // Relay is this peer's only way to serve, and the server would
+        // refuse it: no visitor could get the page from us.
+        peer.shutdown().await;
+        return Err(ShareRefused::RelayOnlyOverRelayLimit {
+            size: size as u64,
+            max_relay: max_relay as u64,
+        }
+        .into());
+    }
     println!("{}", page_url(&server, hash));
     let _ = std::io::stdout().flush();
+    say_if_webrtc_only(size, max_relay);
     eprintln!("hosting {hash}; Ctrl-C to stop");
     host_until_interrupted(&peer, hash).await?;
     peer.shutdown().await;
     Ok(())
+}
+
+/// Says, once, that a page over the server's relay limit reaches only the
+/// visitors a direct connection works for.
+fn say_if_webrtc_only(size: usize, max_relay: Option<usize>) {
+    if let Some(max_relay) = max_relay.filter(|max_relay| size > *max_relay) {
+        let (size, max_relay) = compared(size as u64, max_relay as u64);
+        eprintln!(
+            "note: the page is {size} and the server relays pages up to {max_relay}, so it is \
+             served over WebRTC only: visitors who cannot connect directly will not get it"
+        );
+    }
 }
 
 /// Shows the live host count on stderr until Ctrl-C.
@@ -295,6 +400,8 @@ async fn get(
         fetched.timings.total.as_millis()
     );
     if host {
+        let max_relay = peer.status().borrow().max_relay_bytes;
+        say_if_webrtc_only(fetched.page.len(), max_relay);
         eprintln!("hosting {hash}; Ctrl-C to stop");
         host_until_interrupted(&peer, hash).await?;
     }
@@ -316,13 +423,18 @@ async fn report_progress(mut progress: watch::Receiver<FetchProgress>) {
             continue;
         }
         last_percent = Some(percent);
+        let line = format!(
+            "received {} of {} ({percent}%)",
+            Bytes(received as u64),
+            Bytes(size as u64)
+        );
         if tty {
-            eprint!("\r\x1b[2Kreceived {received} of {size} bytes ({percent}%)");
+            eprint!("\r\x1b[2K{line}");
             if received >= size {
                 eprintln!();
             }
         } else if percent % 10 == 0 {
-            eprintln!("received {received} of {size} bytes ({percent}%)");
+            eprintln!("{line}");
         }
     }
 }
@@ -374,6 +486,52 @@ mod tests {
         let bad = Cli::try_parse_from(["ephemeral-peer", "--rtc-timeout", "0", "get", "x"])
             .expect("parses");
         assert!(peer_config(&bad.options).is_err());
+    }
+
+    #[test]
+    fn too_large_pages_exit_5_and_say_which_flag_helps() {
+        let over_own = anyhow::Error::new(FetchError::Failed(FetchFailure::PageTooLarge {
+            size: 3_000_000,
+            max: 1 << 20,
+        }));
+        assert_eq!(exit_code(&over_own) as u8, 5);
+        assert_eq!(
+            format!("{over_own:#}"),
+            "the page is 2.9 MiB; this peer accepts pages up to 1.0 MiB"
+        );
+        assert_eq!(
+            hint(&over_own).as_deref(),
+            Some("pass --max-page-bytes 3000000 (or more) to get it")
+        );
+
+        let over_relay = anyhow::Error::new(FetchError::Failed(FetchFailure::TooLargeForRelay {
+            size: 3_000_000,
+            max_relay: Some(1 << 20),
+            webrtc_tried: false,
+        }));
+        assert_eq!(exit_code(&over_relay) as u8, 5);
+        assert!(hint(&over_relay).is_some_and(|h| h.contains("--relay-only")));
+
+        let share = anyhow::Error::new(ShareRefused::OverOwnLimit {
+            size: 3_000_000,
+            max: 1 << 20,
+        });
+        assert_eq!(exit_code(&share) as u8, 5);
+        assert_eq!(format!("{share:#}"), format!("{over_own:#}"), "one wording");
+        assert!(hint(&share).is_some_and(|h| h.ends_with("to share it")));
+
+        let gone = anyhow::Error::new(FetchError::Gone);
+        assert_eq!(exit_code(&gone) as u8, 3);
+        assert_eq!(hint(&gone), None);
+    }
+
+    #[test]
+    fn help_lists_every_exit_code() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for code in ["0  done", "3  gone", "4  every host", "5  page too large"] {
+            assert!(help.contains(code), "{code:?} missing from --help");
+        }
     }
 
     #[test]

@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ephemeral_shared::frame::event;
-use ephemeral_shared::host::{HostAction, Uploads};
+use ephemeral_shared::host::{HostAction, Uploads, fits_relay};
 use ephemeral_shared::protocol::{
-    Content, ContentRequest, HostRequest, IceServer, JoinReply, NO_HOSTS, RequestRouted,
-    SignalBody, SignalFrom, SignalTo, VisitorsCount,
+    Content, ContentRequest, ContentUnavailable, ContentUnavailableFrom, HostRequest, IceServer,
+    JoinReply, NO_HOSTS, Reason, RequestRouted, SignalBody, SignalFrom, SignalTo, VisitorsCount,
 };
 use ephemeral_shared::{
     Fetch, FetchAction, FetchConfig, FetchFailure, Frame, PageHash, PeerId, Phase, Role, Topic,
@@ -180,6 +180,9 @@ pub struct PeerStatus {
     pub peer_id: Option<PeerId>,
     /// `have:` topics joined on the current connection.
     pub hosting: usize,
+    /// The largest page the server relays, in bytes, from its latest join
+    /// reply; `None` until then, or from a server that does not say.
+    pub max_relay_bytes: Option<usize>,
 }
 
 /// Uploads this peer has completed, by transport.
@@ -262,6 +265,7 @@ impl Peer {
             fetches: HashMap::new(),
             counts: HashMap::new(),
             server_ice: Vec::new(),
+            max_relay_bytes: None,
             heartbeat_at: Instant::now(),
             heartbeat_outstanding: None,
             internal,
@@ -404,6 +408,13 @@ enum Internal {
 enum Pending {
     Join(Topic),
     ContentRequest(PageHash),
+    /// A relayed page (`content`) or a refusal to relay one
+    /// (`content_unavailable`) sent to `visitor`.
+    Relay {
+        hash: PageHash,
+        visitor: PeerId,
+        event: &'static str,
+    },
     Heartbeat,
 }
 
@@ -467,6 +478,8 @@ struct Actor {
     counts: HashMap<PageHash, watch::Sender<Option<VisitorsCount>>>,
     /// ICE servers from the server's join replies.
     server_ice: Vec<IceServer>,
+    /// The server's relay limit, from its latest join reply.
+    max_relay_bytes: Option<usize>,
     heartbeat_at: Instant,
     /// The ref of a heartbeat not yet answered.
     heartbeat_outstanding: Option<String>,
@@ -725,6 +738,12 @@ impl Actor {
                 Ok(content) => self.on_relay_content(topic.hash, &content.content),
                 Err(error) => tracing::debug!(%error, "bad content"),
             },
+            (Role::Want, event::CONTENT_UNAVAILABLE) => {
+                match frame.payload_as::<ContentUnavailableFrom>() {
+                    Ok(unavailable) => self.on_content_unavailable(topic.hash, unavailable),
+                    Err(error) => tracing::debug!(%error, "bad content_unavailable"),
+                }
+            }
             (_, event::VISITORS_COUNT) => {
                 if let Ok(count) = frame.payload_as::<VisitorsCount>() {
                     self.set_count(topic.hash, count);
@@ -766,6 +785,16 @@ impl Actor {
             .to_string();
         match pending {
             Pending::Heartbeat => self.heartbeat_outstanding = None,
+            Pending::Relay {
+                hash,
+                visitor,
+                event,
+            } => {
+                if !ok {
+                    let detail = response.get("detail").and_then(|d| d.as_str());
+                    on_relay_refused(hash, visitor, event, &reason, detail);
+                }
+            }
             Pending::Join(topic) => {
                 if ok {
                     match serde_json::from_value::<JoinReply>(response) {
@@ -810,8 +839,12 @@ impl Actor {
                 self.server_ice.push(server);
             }
         }
-        self.status
-            .send_modify(|status| status.peer_id = Some(reply.peer_id));
+        // Every reply says it; after a reconnect it may be another server.
+        self.max_relay_bytes = reply.max_relay_bytes;
+        self.status.send_modify(|status| {
+            status.peer_id = Some(reply.peer_id);
+            status.max_relay_bytes = reply.max_relay_bytes;
+        });
         self.set_count(
             topic.hash,
             VisitorsCount {
@@ -890,7 +923,16 @@ impl Actor {
         };
         // Whatever was under way for this visitor is superseded.
         hosted.active.remove(&request.from);
-        match hosted.uploads.on_request(&request) {
+        let relayable = fits_relay(hosted.page.len(), self.max_relay_bytes);
+        match hosted.uploads.on_request(&request, relayable) {
+            HostAction::RelayUnavailable => {
+                let refusal = ContentUnavailable {
+                    to: request.from,
+                    size: hosted.page.len() as u64,
+                };
+                tracing::debug!(%hash, visitor = %request.from, size = refusal.size, "too large to relay");
+                self.push_relay(hash, request.from, event::CONTENT_UNAVAILABLE, &refusal);
+            }
             HostAction::Relay => {
                 let Ok(text) = std::str::from_utf8(&hosted.page) else {
                     tracing::warn!(%hash, "cannot relay a page that is not UTF-8");
@@ -900,10 +942,7 @@ impl Actor {
                     content: text.to_string(),
                 };
                 tracing::debug!(%hash, visitor = %request.from, "serving by relay");
-                if self
-                    .push(Topic::have(hash), event::CONTENT, &content)
-                    .is_some()
-                {
+                if self.push_relay(hash, request.from, event::CONTENT, &content) {
                     self.served.relay.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -931,6 +970,30 @@ impl Actor {
                 );
             }
         }
+    }
+
+    /// Pushes `content` or `content_unavailable` for `visitor` on
+    /// `have:<hash>`, keeping its ref so that a refusal is logged; returns
+    /// whether it was sent.
+    fn push_relay<P: serde::Serialize>(
+        &mut self,
+        hash: PageHash,
+        visitor: PeerId,
+        event: &'static str,
+        payload: &P,
+    ) -> bool {
+        let Some(msg_ref) = self.push(Topic::have(hash), event, payload) else {
+            return false;
+        };
+        self.pending.insert(
+            msg_ref,
+            Pending::Relay {
+                hash,
+                visitor,
+                event,
+            },
+        );
+        true
     }
 
     fn next_task_id(&mut self) -> u64 {
@@ -1189,6 +1252,17 @@ impl Actor {
         self.drive(hash);
     }
 
+    fn on_content_unavailable(&mut self, hash: PageHash, unavailable: ContentUnavailableFrom) {
+        let max_relay = self.max_relay_bytes;
+        let Some(run) = self.fetches.get_mut(&hash) else {
+            return;
+        };
+        let now = run.started.elapsed();
+        run.fetch
+            .on_content_unavailable(unavailable.from, unavailable.size, max_relay, now);
+        self.drive(hash);
+    }
+
     fn on_visitor_event(&mut self, hash: PageHash, task: u64, event: SessionEvent) {
         let Some(run) = self.fetches.get_mut(&hash) else {
             return;
@@ -1315,6 +1389,31 @@ impl Actor {
             status.online = false;
             status.hosting = 0;
         });
+    }
+}
+
+/// The server refused a relayed page or a refusal to relay one. Nothing to
+/// undo: the visitor's own timeout asks again, so this is only said.
+fn on_relay_refused(
+    hash: PageHash,
+    visitor: PeerId,
+    event: &str,
+    reason: &str,
+    detail: Option<&str>,
+) {
+    let detail = detail.unwrap_or("");
+    match reason.parse::<Reason>() {
+        // The visitor did not ask us for relay (it asked for WebRTC, which
+        // a busy or relay-only host answers by relay), or it left before
+        // our answer arrived: it will ask again if it still wants the page.
+        Ok(Reason::NotRequested) => {
+            tracing::debug!(%hash, %visitor, event, "the server did not expect this relay");
+        }
+        Ok(Reason::PageTooLarge) => tracing::warn!(
+            %hash, %visitor, event, detail,
+            "the server refused to relay the page: larger than it relays"
+        ),
+        _ => tracing::warn!(%hash, %visitor, event, reason, detail, "the server refused a relay"),
     }
 }
 

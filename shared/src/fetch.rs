@@ -7,7 +7,13 @@
 //!                 │  (relay mode)    │ timeout / ICE failed   │ wrong bytes, dropped
 //!                 ▼                  ▼                        ▼
 //!              Relaying ◄──── ask again (relay) ──── ask again (exclude host)
+//!                 │
+//!                 └─ content_unavailable ─► Failed (too large for the relay)
 //! ```
+//!
+//! A page too large — over this visitor's own limit, or over the server's
+//! relay limit once WebRTC has failed — fails the fetch at once rather
+//! than trying other hosts: every host has the same page, of the same size.
 //!
 //! The shell (browser or native peer) feeds in what happened — replies,
 //! data-channel messages, failures, the current time — and carries out what
@@ -20,6 +26,7 @@ use std::time::Duration;
 
 use crate::hash::PageHash;
 use crate::protocol::{ContentRequest, PeerId};
+use crate::size::{Bytes, compared};
 use crate::transfer::{Received, TransferError, TransferReceiver};
 
 /// How a fetch behaves; the shells expose these as settings.
@@ -77,6 +84,52 @@ pub enum FetchFailure {
     WrongBytesFromEveryHost { bad_hosts: u32 },
     #[error("gave up after {0} requests")]
     TooManyAttempts(u32),
+    /// The page is larger than this visitor accepts
+    /// ([`FetchConfig::max_page_bytes`]).
+    #[error("{}", too_large(*size, *max))]
+    PageTooLarge { size: u64, max: u64 },
+    /// The page had to come through the server, and it is larger than the
+    /// server relays. `max_relay` is the server's limit, when it said;
+    /// `webrtc_tried`: WebRTC failed (or else this visitor has it off).
+    #[error("{}", too_large_for_relay(*size, *max_relay, *webrtc_tried))]
+    TooLargeForRelay {
+        size: u64,
+        max_relay: Option<u64>,
+        webrtc_tried: bool,
+    },
+}
+
+impl FetchFailure {
+    /// Whether the page's size is the reason: no host could do better.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            FetchFailure::PageTooLarge { .. } | FetchFailure::TooLargeForRelay { .. }
+        )
+    }
+}
+
+fn too_large(size: u64, max: u64) -> String {
+    let (size, max) = compared(size, max);
+    format!("the page is {size}; this peer accepts pages up to {max}")
+}
+
+fn too_large_for_relay(size: u64, max_relay: Option<u64>, webrtc_tried: bool) -> String {
+    let why_relay = if webrtc_tried {
+        "WebRTC failed"
+    } else {
+        "this peer does not use WebRTC"
+    };
+    match max_relay {
+        Some(max_relay) => {
+            let (size, max_relay) = compared(size, max_relay);
+            format!("the page is {size}; {why_relay} and the server relays pages up to {max_relay}")
+        }
+        None => format!(
+            "the page is {}; {why_relay} and the server does not relay pages that large",
+            Bytes(size)
+        ),
+    }
 }
 
 /// What the shell must do next.
@@ -281,10 +334,56 @@ impl Fetch {
                 Phase::Relaying(host) => Some(host),
                 _ => None,
             };
+            // The server relays pages up to its own limit, which may be
+            // above ours; the bytes are the page, so it is the page that is
+            // too large, whoever sent it.
+            if content.len() > self.config.max_page_bytes {
+                self.fail(FetchFailure::PageTooLarge {
+                    size: content.len() as u64,
+                    max: self.config.max_page_bytes as u64,
+                });
+                return;
+            }
             self.deliver(content.as_bytes().to_vec(), Transport::Relay, host);
         } else if let Phase::Relaying(host) = self.phase {
             self.drop_host(host, true, now);
         }
+    }
+
+    /// `content_unavailable`: the host we asked for relay says the page, of
+    /// `size` bytes, is larger than the server relays. `max_relay` is the
+    /// server's limit from our join reply, if it gave one.
+    pub fn on_content_unavailable(
+        &mut self,
+        from: PeerId,
+        size: u64,
+        max_relay: Option<usize>,
+        now: Duration,
+    ) {
+        if self.phase != Phase::Relaying(from) {
+            // Not the host we are waiting on (a late answer to an earlier
+            // request): it changes nothing.
+            return;
+        }
+        let max_relay = max_relay.map(|max| max as u64);
+        if max_relay.is_some_and(|max| size <= max) {
+            // A size the server would relay: the host is wrong about
+            // something, so ask another as if it had gone silent.
+            self.drop_host(from, false, now);
+            return;
+        }
+        let max = self.config.max_page_bytes as u64;
+        let failure = if size > max {
+            // Even WebRTC would not help: say the limit that can be changed.
+            FetchFailure::PageTooLarge { size, max }
+        } else {
+            FetchFailure::TooLargeForRelay {
+                size,
+                max_relay,
+                webrtc_tried: self.config.webrtc,
+            }
+        };
+        self.fail(failure);
     }
 
     /// Time passed; act on whatever timed out.
@@ -311,6 +410,15 @@ impl Fetch {
             Some(Ok(Received::Complete(page))) => {
                 self.actions.push_back(FetchAction::CloseRtc(host));
                 self.deliver(page, Transport::WebRtc, Some(host));
+            }
+            // The header names our page and a size over our limit: every
+            // host has that page, so asking another would only repeat it.
+            Some(Err(TransferError::Oversize { size, limit })) => {
+                self.actions.push_back(FetchAction::CloseRtc(host));
+                self.fail(FetchFailure::PageTooLarge {
+                    size: size as u64,
+                    max: limit as u64,
+                });
             }
             Some(Err(_)) => self.drop_host(host, true, now),
             None => {}
@@ -356,6 +464,11 @@ impl Fetch {
                 host,
             },
         );
+    }
+
+    fn fail(&mut self, failure: FetchFailure) {
+        self.receiver = None;
+        self.finish(Phase::Failed, FetchAction::Failed(failure));
     }
 
     fn enter(&mut self, phase: Phase, deadline: Duration) {
@@ -648,5 +761,150 @@ mod tests {
             drain(&mut fetch),
             [FetchAction::CloseRtc(host(1)), request(false, &[])]
         );
+    }
+
+    fn relaying_after_rtc_failed(config: FetchConfig) -> Fetch {
+        let webrtc = config.webrtc;
+        let mut fetch = Fetch::new(PageHash::of(PAGE), config, Duration::ZERO);
+        if webrtc {
+            fetch.on_routed(host(1), MS);
+            fetch.on_rtc_failed(2 * MS);
+        }
+        drain(&mut fetch);
+        fetch.on_routed(host(1), 3 * MS);
+        assert_eq!(fetch.phase(), Phase::Relaying(host(1)));
+        fetch
+    }
+
+    #[test]
+    fn a_header_over_the_limit_fails_at_once_without_asking_another() {
+        let config = FetchConfig {
+            max_page_bytes: 4,
+            ..FetchConfig::default()
+        };
+        let mut fetch = Fetch::new(PageHash::of(PAGE), config, Duration::ZERO);
+        drain(&mut fetch);
+        fetch.on_routed(host(1), MS);
+        fetch.on_channel_open(MS);
+        fetch.on_channel_text(&TransferSender::new(PAGE, 5).header(), MS);
+        let failure = FetchFailure::PageTooLarge {
+            size: PAGE.len() as u64,
+            max: 4,
+        };
+        assert_eq!(
+            drain(&mut fetch),
+            [
+                FetchAction::CloseRtc(host(1)),
+                FetchAction::Failed(failure.clone())
+            ]
+        );
+        assert_eq!(fetch.phase(), Phase::Failed);
+        assert_eq!(fetch.next_deadline(), None, "nothing left to time out");
+        assert!(failure.is_too_large());
+        assert_eq!(
+            failure.to_string(),
+            "the page is 10 bytes; this peer accepts pages up to 4 bytes"
+        );
+        // Whatever the host sends next changes nothing.
+        send_page(&mut fetch, PAGE, 2 * MS);
+        fetch.on_tick(secs(60));
+        assert!(drain(&mut fetch).is_empty());
+    }
+
+    #[test]
+    fn a_relayed_page_over_the_limit_is_too_large_not_wrong() {
+        let config = FetchConfig {
+            webrtc: false,
+            max_page_bytes: 4,
+            ..FetchConfig::default()
+        };
+        let mut fetch = relaying_after_rtc_failed(config);
+        fetch.on_relay_content(std::str::from_utf8(PAGE).unwrap(), 4 * MS);
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::Failed(FetchFailure::PageTooLarge {
+                size: PAGE.len() as u64,
+                max: 4
+            })]
+        );
+    }
+
+    #[test]
+    fn content_unavailable_after_webrtc_failed_is_too_large_for_relay() {
+        let mut fetch = relaying_after_rtc_failed(FetchConfig::default());
+        fetch.on_content_unavailable(host(1), 1_000_000, Some(500_000), 4 * MS);
+        let failure = FetchFailure::TooLargeForRelay {
+            size: 1_000_000,
+            max_relay: Some(500_000),
+            webrtc_tried: true,
+        };
+        assert_eq!(drain(&mut fetch), [FetchAction::Failed(failure.clone())]);
+        assert_eq!(fetch.phase(), Phase::Failed);
+        assert_eq!(fetch.next_deadline(), None);
+        assert_eq!(
+            failure.to_string(),
+            "the page is 976.6 KiB; WebRTC failed and the server relays pages up to 488.3 KiB"
+        );
+    }
+
+    #[test]
+    fn content_unavailable_to_a_relay_only_visitor_says_webrtc_is_off() {
+        let config = FetchConfig {
+            webrtc: false,
+            max_page_bytes: 8 << 20,
+            ..FetchConfig::default()
+        };
+        let mut fetch = relaying_after_rtc_failed(config);
+        fetch.on_content_unavailable(host(1), 3_000_000, Some(1 << 20), 4 * MS);
+        let failure = FetchFailure::TooLargeForRelay {
+            size: 3_000_000,
+            max_relay: Some(1 << 20),
+            webrtc_tried: false,
+        };
+        assert_eq!(drain(&mut fetch), [FetchAction::Failed(failure.clone())]);
+        assert_eq!(
+            failure.to_string(),
+            "the page is 2.9 MiB; this peer does not use WebRTC and the server relays pages up to 1.0 MiB"
+        );
+    }
+
+    #[test]
+    fn content_unavailable_over_the_visitors_own_limit_names_that_limit() {
+        let config = FetchConfig {
+            webrtc: false,
+            ..FetchConfig::default()
+        };
+        let mut fetch = relaying_after_rtc_failed(config);
+        fetch.on_content_unavailable(host(1), 3_000_000, None, 4 * MS);
+        // Even WebRTC would not help: the limit to raise is the visitor's.
+        assert_eq!(
+            drain(&mut fetch),
+            [FetchAction::Failed(FetchFailure::PageTooLarge {
+                size: 3_000_000,
+                max: 1 << 20
+            })]
+        );
+    }
+
+    #[test]
+    fn content_unavailable_from_anyone_but_the_relaying_host_is_ignored() {
+        let mut fetch = start();
+        fetch.on_routed(host(1), MS);
+        fetch.on_content_unavailable(host(1), 3_000_000, Some(1 << 20), MS);
+        assert!(drain(&mut fetch).is_empty(), "a WebRTC fetch never asked");
+        assert_eq!(fetch.phase(), Phase::Connecting(host(1)));
+
+        let mut fetch = relaying_after_rtc_failed(FetchConfig::default());
+        fetch.on_content_unavailable(host(2), 3_000_000, Some(1 << 20), 4 * MS);
+        assert!(drain(&mut fetch).is_empty());
+        assert_eq!(fetch.phase(), Phase::Relaying(host(1)));
+    }
+
+    #[test]
+    fn content_unavailable_for_a_size_the_server_relays_drops_that_host() {
+        let mut fetch = relaying_after_rtc_failed(FetchConfig::default());
+        fetch.on_content_unavailable(host(1), 1000, Some(1 << 20), 4 * MS);
+        assert_eq!(drain(&mut fetch), [request(true, &[host(1)])]);
+        assert_eq!(fetch.phase(), Phase::Asking);
     }
 }

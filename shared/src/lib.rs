@@ -20,6 +20,7 @@
 //! - [`transfer`]: a page over a data channel: header, chunks, verification.
 //! - [`fetch`]: the visitor's state machine, WebRTC first, relay fallback.
 //! - [`host`]: the host's choice between offering a channel and relaying.
+//! - [`size`]: byte counts for people, in messages about limits.
 
 pub mod fetch;
 pub mod frame;
@@ -28,6 +29,7 @@ pub mod host;
 pub mod protocol;
 pub mod rate;
 pub mod selection;
+pub mod size;
 pub mod topic;
 pub mod transfer;
 

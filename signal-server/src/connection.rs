@@ -543,8 +543,8 @@ impl Session {
         frame.reply_ok(&json!({ "routed": hosts.len() }))
     }
 
-    /// Relayed content goes only to visitors that asked this host for the
-    /// relay, once per request: a host cannot make the server multiply its
+    /// Relayed content goes only to visitors whose request went to this
+    /// host, once per request: a host cannot make the server multiply its
     /// bytes over every visitor of the page.
     fn content(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
         let Content { content } = frame
@@ -558,7 +558,7 @@ impl Session {
         let registry = &self.state.registry;
         let asked = registry.relay_visitors(topic.hash, self.peer());
         if asked == 0 {
-            let detail = "no visitor asked this host for the page over the relay".to_string();
+            let detail = "no visitor's request for the page went to this host".to_string();
             return Err((Reason::NotRequested, detail));
         }
         if !topic.hash.matches(content.as_bytes()) {
@@ -613,7 +613,7 @@ impl Session {
             .registry
             .relay_unavailable(topic.hash, self.peer(), to, size)
         {
-            let detail = format!("peer {to} did not ask this host for the relay");
+            let detail = format!("peer {to} did not ask this host for the page");
             return Err((Reason::NotRequested, detail));
         }
         Ok(vec![frame.reply_ok(&json!({}))])

@@ -1,6 +1,6 @@
 //! Who is on which page, and which host serves which visitor: the hosts and
 //! waiting visitors of every page, upload slots and the requests waiting
-//! for one, who asked whom for the relay, and the coalesced
+//! for one, which hosts each request went to (who may relay to whom), and the coalesced
 //! `visitors_count` broadcasts. One timer task expires slots held without
 //! progress and routes requests that waited too long.
 //!
@@ -77,9 +77,11 @@ struct Page {
     queue: VecDeque<Queued>,
     /// When each host was last given requests, within [`RECENT_WINDOW`].
     recent: HashMap<PeerId, VecDeque<Instant>>,
-    /// Visitor → the hosts it asked for the page over the relay. Relayed
-    /// content goes only to these visitors, once per request.
-    relay_wanted: HashMap<PeerId, Vec<PeerId>>,
+    /// Visitor → the hosts its request went to. Relayed content goes only
+    /// to these visitors, once per request. Any request counts, not only
+    /// those that asked for the relay: a host may answer a WebRTC request
+    /// by relay (it cannot do WebRTC, or has too many channels open).
+    awaiting: HashMap<PeerId, Vec<PeerId>>,
     /// The counts last broadcast, and when the next broadcast may go.
     last_broadcast: Option<VisitorsCount>,
     next_broadcast: Option<Instant>,
@@ -158,7 +160,7 @@ impl Page {
     /// Frees the slot `visitor` held, and drops what it had asked for.
     fn end_request_of(&mut self, visitor: PeerId) {
         self.free_slot(visitor);
-        self.relay_wanted.remove(&visitor);
+        self.awaiting.remove(&visitor);
         self.queue
             .retain(|q| q.request.visitor.conn.peer != visitor);
     }
@@ -371,10 +373,10 @@ impl Registry {
                         for visitor in visitors {
                             page.slots.remove(&visitor);
                         }
-                        for hosts in page.relay_wanted.values_mut() {
+                        for hosts in page.awaiting.values_mut() {
                             hosts.retain(|h| *h != peer);
                         }
-                        page.relay_wanted.retain(|_, hosts| !hosts.is_empty());
+                        page.awaiting.retain(|_, hosts| !hosts.is_empty());
                     }
                 }
                 self.dispatch(page, topic.hash, now, &mut out);
@@ -418,10 +420,10 @@ impl Registry {
         });
     }
 
-    /// How many visitors wait for `host` to relay the page.
+    /// How many visitors `host` may relay the page to.
     pub fn relay_visitors(&self, hash: PageHash, host: PeerId) -> usize {
         self.with_page(hash, false, |page| {
-            page.relay_wanted
+            page.awaiting
                 .values()
                 .filter(|hosts| hosts.contains(&host))
                 .count()
@@ -429,13 +431,13 @@ impl Registry {
         .unwrap_or(0)
     }
 
-    /// The visitors that asked `host` for the page over the relay, each
+    /// The visitors whose request went to `host`, each
     /// taken off the list: relayed content goes once per request, and only
     /// where it was asked for.
     pub fn take_relay_visitors(&self, hash: PageHash, host: PeerId) -> Vec<Member> {
         self.with_page(hash, false, |page| {
             let asked: Vec<PeerId> = page
-                .relay_wanted
+                .awaiting
                 .iter()
                 .filter(|(_, hosts)| hosts.contains(&host))
                 .map(|(visitor, _)| *visitor)
@@ -443,7 +445,7 @@ impl Registry {
             asked
                 .into_iter()
                 .filter_map(|visitor| {
-                    page.relay_wanted.remove(&visitor);
+                    page.awaiting.remove(&visitor);
                     page.wanters.get(&visitor).cloned()
                 })
                 .collect()
@@ -463,13 +465,13 @@ impl Registry {
         let target = self
             .with_page(hash, false, |page| {
                 let asked = page
-                    .relay_wanted
+                    .awaiting
                     .get(&visitor)
                     .is_some_and(|hosts| hosts.contains(&host));
                 if !asked {
                     return None;
                 }
-                page.relay_wanted.remove(&visitor);
+                page.awaiting.remove(&visitor);
                 page.wanters.get(&visitor).cloned()
             })
             .flatten();
@@ -505,8 +507,8 @@ impl Registry {
                 .into_iter()
                 .map(|i| hosts[i].1.clone())
                 .collect();
-            if request.relay && !picked.is_empty() {
-                page.relay_wanted.insert(
+            if !picked.is_empty() {
+                page.awaiting.insert(
                     requester,
                     picked.iter().map(|member| member.conn.peer).collect(),
                 );
@@ -677,9 +679,7 @@ impl Registry {
                 progress_at: now,
             },
         );
-        if request.relay {
-            page.relay_wanted.insert(visitor, vec![host]);
-        }
+        page.awaiting.insert(visitor, vec![host]);
         *page.uploads.entry(host).or_default() += 1;
         page.recent.entry(host).or_default().push_back(now);
         self.metrics.requests_routed.fetch_add(1, Ordering::Relaxed);

@@ -90,14 +90,18 @@ async fn a_client_that_stops_reading_is_closed_within_the_write_bounds() {
     // Closed, and off its page: nobody is routed to it any more.
     assert!(
         within(Duration::from_secs(5), || {
-            metrics.connections.load(Ordering::Relaxed) == 1
+            metrics.connections.load(Ordering::Relaxed) <= 1
         })
         .await,
         "the stalled socket is still open"
     );
-    let (status, response) = sender.call(&want, "content_request", json!({})).await;
+    // (The sender, which kept signalling a peer that was gone, may itself
+    // have been cut off for it: ask from a fresh socket.)
+    let mut visitor = Client::connect(&server).await;
+    visitor.join(&want).await;
+    let (status, response) = visitor.call(&want, "content_request", json!({})).await;
     assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
-    drop(staller);
+    drop((staller, sender));
     bystander_is_fine(&server).await;
 }
 

@@ -19,11 +19,12 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use ephemeral_shared::frame::event;
-use ephemeral_shared::host::{HostAction, Uploads};
+use ephemeral_shared::host::{HostAction, Uploads, fits_relay};
 use ephemeral_shared::protocol::{
-    Content, HostRequest, IceServer, JoinReply, NO_HOSTS, RequestRouted, SignalBody, SignalFrom,
-    SignalTo, VisitorsCount,
+    Content, ContentUnavailable, ContentUnavailableFrom, HostRequest, IceServer, JoinReply,
+    NO_HOSTS, Reason, RequestRouted, SignalBody, SignalFrom, SignalTo, VisitorsCount,
 };
+use ephemeral_shared::size::compared;
 use ephemeral_shared::{
     Fetch, FetchAction, FetchConfig, Frame, PageHash, PeerId, Phase, Role, Topic, Transport,
 };
@@ -36,7 +37,7 @@ use web_sys::Window;
 use crate::Listener;
 use crate::phoenix::{Socket, SocketEvent};
 use crate::rtc::{self, PeerLink, RtcEvent, RtcSettings, Side};
-use crate::status::{Connection, Situation, describe};
+use crate::status::{Connection, Situation, describe, failure_words, refusal_words};
 use crate::view::{Delivery, PageState, View};
 
 /// The largest page this client shares or accepts: the server's default
@@ -79,6 +80,8 @@ enum Route {
 enum Pending {
     Join(Topic),
     Request,
+    /// `content` or `content_unavailable` sent to a visitor.
+    Relay(&'static str),
 }
 
 /// Everything that changes.
@@ -90,6 +93,8 @@ struct State {
     /// The topic whose join the server accepted, on this connection.
     joined: Option<Topic>,
     ice_servers: Vec<IceServer>,
+    /// The largest page the server relays, from the latest join reply.
+    max_relay_bytes: Option<usize>,
     /// Hosts of the page, live.
     count: Option<usize>,
     /// Getting the page (visitors only).
@@ -101,7 +106,7 @@ struct State {
     /// The verified page; once set, this tab hosts it.
     page: Option<Rc<[u8]>>,
     delivery: Option<Delivery>,
-    /// Why the page could not be had.
+    /// Why the page could not be had, as a sentence for the status line.
     failure: Option<String>,
     uploads: Uploads,
     /// Host-side connections, one per visitor being served.
@@ -162,6 +167,7 @@ impl App {
                 pending: HashMap::new(),
                 joined: None,
                 ice_servers: Vec::new(),
+                max_relay_bytes: None,
                 count: None,
                 fetch: None,
                 fetch_link: None,
@@ -268,10 +274,9 @@ impl App {
             return;
         }
         if text.len() > MAX_PAGE_BYTES {
-            self.view.set_home_error(&format!(
-                "This page is {} bytes; the limit is {MAX_PAGE_BYTES}.",
-                text.len()
-            ));
+            let (size, max) = compared(text.len() as u64, MAX_PAGE_BYTES as u64);
+            self.view
+                .set_home_error(&format!("This page is {size}; pages can be up to {max}."));
             return;
         }
         let hash = PageHash::of(text.as_bytes());
@@ -361,6 +366,7 @@ impl App {
             match pending {
                 Some(Pending::Join(topic)) => self.on_join_reply(topic, status, response),
                 Some(Pending::Request) => self.on_request_reply(status, response),
+                Some(Pending::Relay(event)) => on_relay_reply(event, status, response),
                 None => {}
             }
             return;
@@ -384,6 +390,22 @@ impl App {
                     let now = self.now();
                     if let Some(fetch) = state.fetch.as_mut() {
                         fetch.on_relay_content(&content.content, now);
+                    }
+                    self.drain_fetch(&mut state);
+                }
+            }
+            event::CONTENT_UNAVAILABLE if topic.role == Role::Want => {
+                if let Some(unavailable) = payload::<ContentUnavailableFrom>(&frame) {
+                    let mut state = self.state.borrow_mut();
+                    let now = self.now();
+                    let max_relay = state.max_relay_bytes;
+                    if let Some(fetch) = state.fetch.as_mut() {
+                        fetch.on_content_unavailable(
+                            unavailable.from,
+                            unavailable.size,
+                            max_relay,
+                            now,
+                        );
                     }
                     self.drain_fetch(&mut state);
                 }
@@ -421,15 +443,18 @@ impl App {
                 .get("reason")
                 .and_then(Value::as_str)
                 .unwrap_or("no reason given");
-            state.failure = Some(format!("the server refused to let this tab join: {why}"));
+            state.failure = Some(refusal_words(&format!(
+                "the server refused to let this tab join: {why}"
+            )));
             return;
         }
         let Ok(reply) = serde_json::from_value::<JoinReply>(Value::Object(response.clone())) else {
-            state.failure = Some("the server's join reply was not understood".into());
+            state.failure = Some(refusal_words("the server's join reply was not understood"));
             return;
         };
         state.joined = Some(topic);
         state.ice_servers = reply.ice_servers;
+        state.max_relay_bytes = reply.max_relay_bytes;
         state.count = Some(reply.count);
         if topic.role == Role::Want {
             let now = self.now();
@@ -548,7 +573,7 @@ impl App {
                     return;
                 }
                 FetchAction::Gone => {}
-                FetchAction::Failed(failure) => state.failure = Some(failure.to_string()),
+                FetchAction::Failed(failure) => state.failure = Some(failure_words(&failure)),
             }
         }
     }
@@ -619,15 +644,29 @@ impl App {
         let Some(page) = state.page.clone() else {
             return;
         };
-        let action = state.uploads.on_request(&request);
+        let relayable = fits_relay(page.len(), state.max_relay_bytes);
+        let action = state.uploads.on_request(&request, relayable);
         let Some(socket) = self.socket() else { return };
         match action {
+            HostAction::RelayUnavailable => {
+                let refusal = ContentUnavailable {
+                    to: request.from,
+                    size: page.len() as u64,
+                };
+                let event = event::CONTENT_UNAVAILABLE;
+                if let Some(msg_ref) = socket.push(&topic.to_string(), event, &refusal) {
+                    state.pending.insert(msg_ref, Pending::Relay(event));
+                }
+            }
             HostAction::Relay => match std::str::from_utf8(&page) {
                 Ok(text) => {
                     let content = Content {
                         content: text.to_string(),
                     };
-                    socket.push(&topic.to_string(), event::CONTENT, &content);
+                    let event = event::CONTENT;
+                    if let Some(msg_ref) = socket.push(&topic.to_string(), event, &content) {
+                        state.pending.insert(msg_ref, Pending::Relay(event));
+                    }
                 }
                 // `content` is a JSON string; bytes that are not UTF-8 can
                 // only go over a data channel.
@@ -859,6 +898,28 @@ fn read_settings(window: &Window) -> Settings {
     Settings {
         webrtc: rtc::available() && get("rtc").as_deref() != Some("off"),
         relay_candidates_only: get("ice").as_deref() == Some("relay"),
+    }
+}
+
+/// The server's answer to a relayed page or a refusal to relay one. A
+/// refusal needs nothing undone (the visitor's own timeout asks again), so
+/// it is only logged.
+fn on_relay_reply(event: &str, status: &str, response: &Map<String, Value>) {
+    if status == "ok" {
+        return;
+    }
+    let field = |key: &str| response.get(key).and_then(Value::as_str).unwrap_or("");
+    let reason = field("reason");
+    let line = JsValue::from_str(&format!(
+        "the server refused our {event}: {reason} {}",
+        field("detail")
+    ));
+    // `not_requested`: the visitor asked for WebRTC (a busy or WebRTC-less
+    // host answers by relay anyway) or left before our answer: routine.
+    if reason.parse::<Reason>() == Ok(Reason::NotRequested) {
+        web_sys::console::debug_1(&line);
+    } else {
+        web_sys::console::warn_1(&line);
     }
 }
 

@@ -2,7 +2,8 @@
 //! returns the page state and the words, so every wording is unit-tested
 //! natively, without a browser.
 
-use ephemeral_shared::Phase;
+use ephemeral_shared::size::{Bytes, compared};
+use ephemeral_shared::{FetchFailure, Phase};
 
 use crate::view::{Delivery, PageState};
 
@@ -41,7 +42,8 @@ pub struct Situation<'a> {
     /// On `/`, writing a page.
     pub home: bool,
     pub connection: Connection,
-    /// Why the page could not be had.
+    /// Why the page could not be had: a sentence from [`failure_words`]
+    /// or [`refusal_words`].
     pub failure: Option<&'a str>,
     /// The tab holds the verified page.
     pub hosting: bool,
@@ -65,10 +67,7 @@ pub fn describe(situation: &Situation) -> (PageState, String) {
         return (PageState::Home, words.to_string());
     }
     if let Some(failure) = situation.failure {
-        return (
-            PageState::Failed,
-            format!("Could not get this page: {failure}."),
-        );
+        return (PageState::Failed, failure.to_string());
     }
     if situation.hosting {
         let got = match situation.delivery {
@@ -105,6 +104,48 @@ pub fn describe(situation: &Situation) -> (PageState, String) {
         (None, Some(Phase::Delivered(_) | Phase::Failed | Phase::Gone)) => "Verifying…".to_string(),
     };
     (PageState::Fetching, doing)
+}
+
+/// The status line for a fetch that failed. A page too large is said in
+/// the visitor's words — what is too large for what, and why relay could
+/// not help — rather than the CLI's, which name flags.
+pub fn failure_words(failure: &FetchFailure) -> String {
+    match *failure {
+        FetchFailure::PageTooLarge { size, max } => {
+            let (size, max) = compared(size, max);
+            format!("This page is {size}: larger than this browser accepts ({max}).")
+        }
+        FetchFailure::TooLargeForRelay {
+            size,
+            max_relay,
+            webrtc_tried,
+        } => {
+            let relay = match max_relay {
+                Some(max_relay) => {
+                    let (size, max_relay) = compared(size, max_relay);
+                    format!(
+                        "This page is {size}: too large for the server's relay (up to {max_relay})"
+                    )
+                }
+                None => format!(
+                    "This page is {}: too large for the server's relay",
+                    Bytes(size)
+                ),
+            };
+            let direct = if webrtc_tried {
+                "and a direct connection failed"
+            } else {
+                "and direct connections are off in this tab"
+            };
+            format!("{relay}, {direct}.")
+        }
+        ref other => refusal_words(&other.to_string()),
+    }
+}
+
+/// The status line for any other reason the page could not be had.
+pub fn refusal_words(why: &str) -> String {
+    format!("Could not get this page: {why}.")
 }
 
 #[cfg(test)]
@@ -196,9 +237,40 @@ mod tests {
     }
 
     #[test]
+    fn a_page_too_large_is_said_in_words() {
+        let words = failure_words(&FetchFailure::TooLargeForRelay {
+            size: 3_000_000,
+            max_relay: Some(1 << 20),
+            webrtc_tried: true,
+        });
+        assert_eq!(
+            words,
+            "This page is 2.9 MiB: too large for the server's relay (up to 1.0 MiB), \
+             and a direct connection failed."
+        );
+        let words = failure_words(&FetchFailure::TooLargeForRelay {
+            size: 3_000_000,
+            max_relay: None,
+            webrtc_tried: false,
+        });
+        assert!(words.contains("direct connections are off"), "{words}");
+        let words = failure_words(&FetchFailure::PageTooLarge {
+            size: 3_000_000,
+            max: 1 << 20,
+        });
+        assert_eq!(
+            words,
+            "This page is 2.9 MiB: larger than this browser accepts (1.0 MiB)."
+        );
+        let words = failure_words(&FetchFailure::TooManyAttempts(12));
+        assert_eq!(words, "Could not get this page: gave up after 12 requests.");
+    }
+
+    #[test]
     fn failures_win_over_everything_but_home() {
+        let words = refusal_words("every host sent wrong bytes");
         let situation = Situation {
-            failure: Some("every host sent wrong bytes"),
+            failure: Some(&words),
             ..fetching(Phase::Failed)
         };
         let (state, words) = describe(&situation);

@@ -65,3 +65,44 @@ async fn a_native_peer_gets_a_page_hosted_by_a_browser() {
     visitor.shutdown().await;
     world.finish().await;
 }
+
+/// Waits on the server's `content_unavailable`: a native host answers a
+/// relay request for a page over the server's relay limit with it, and the
+/// browser says so in words, at once with WebRTC off, after its RTC
+/// timeout when WebRTC cannot connect.
+#[tokio::test]
+async fn a_page_too_large_for_the_relay_is_said_in_words() {
+    let mut world = World::start_with(signal_server::Config {
+        max_page_bytes: 64 * 1024,
+        ..signal_server::Config::default()
+    })
+    .await;
+    let host = native(&world).await;
+    let page = "too large to relay ".repeat(6000);
+    let hash = tokio::time::timeout(WAIT, host.share(page.clone().into_bytes()))
+        .await
+        .expect("sharing in time")
+        .expect("the native peer shares");
+
+    for (query, why) in [
+        ("rtc=off", "direct connections are off in this tab"),
+        ("ice=relay", "a direct connection failed"),
+    ] {
+        let browser = world.browser().await;
+        browser.open(&format!("/{hash}?{query}")).await;
+        let seen = browser
+            .wait_for("the browser to fail on the size", |s| {
+                s.state.as_deref() == Some("failed")
+            })
+            .await;
+        assert!(
+            seen.status
+                .starts_with("This page is 111.3 KiB: too large for the server's relay"),
+            "{seen:#?}"
+        );
+        assert!(seen.status.contains(why), "{query}: {seen:#?}");
+        browser.close().await;
+    }
+    host.shutdown().await;
+    world.finish().await;
+}

@@ -1,10 +1,11 @@
 //! The `ephemeral-peer` binary end to end: share, get, and the exit codes
-//! scripts rely on.
+//! scripts rely on, size refusals (exit 5) among them.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use ephemeral_shared::PageHash;
 
@@ -185,5 +186,243 @@ async fn exit_codes_say_gone_unreachable_and_not_text() {
     get.args(["get", "not-a-page"]);
     let output = run(get).await;
     assert_eq!(output.status.code(), Some(1));
+    server.shutdown().await;
+}
+
+/// A `share` process that is hosting: its page URL, and its stderr lines
+/// as they come.
+struct Sharing {
+    child: KillOnDrop,
+    url: String,
+    stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Sharing {
+    /// Runs `ephemeral-peer [args] share <file>` until it prints its URL.
+    async fn start(server: &str, args: &[&str], file: &Path) -> Sharing {
+        let mut share = peer_command(server);
+        share
+            .args(args)
+            .arg("share")
+            .arg(file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = KillOnDrop(share.spawn().expect("share starts"));
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        let stderr = child.0.stderr.take().expect("piped stderr");
+        let (lines, stderr_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Ends when the process does and its pipe closes.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let url = within(
+            "share prints the page URL",
+            tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line).map(|_| line)
+            }),
+        )
+        .await
+        .expect("the reader task")
+        .expect("a line");
+        assert!(!url.trim().is_empty(), "share exited without a URL");
+        Sharing {
+            child,
+            url: url.trim().to_string(),
+            stderr: stderr_rx,
+        }
+    }
+
+    /// Stderr lines up to and including the first that contains `text`.
+    async fn stderr_until(&mut self, text: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        within(&format!("share says {text:?}"), async {
+            while let Some(line) = self.stderr.recv().await {
+                let done = line.contains(text);
+                seen.push(line);
+                if done {
+                    return;
+                }
+            }
+            panic!("share's stderr ended before {text:?}: {seen:?}");
+        })
+        .await;
+        seen
+    }
+
+    fn still_running(&mut self) -> bool {
+        matches!(self.child.0.try_wait(), Ok(None))
+    }
+}
+
+/// A text file of `len` bytes in a directory of its own, removed on drop.
+struct PageFile {
+    dir: PathBuf,
+    path: PathBuf,
+    page: Vec<u8>,
+}
+
+impl PageFile {
+    fn new(name: &str, len: usize) -> PageFile {
+        let dir = std::env::temp_dir().join(format!("ephemeral-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let path = dir.join("page.txt");
+        let page = text_page(len, len as u32);
+        std::fs::write(&path, &page).expect("write the page");
+        PageFile { dir, path, page }
+    }
+}
+
+impl Drop for PageFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How long a size refusal may take, start of the process to its exit. The
+/// exit code shows which path was taken; this bound shows no timeout was
+/// waited out (the RTC and relay timeouts are 5 s each, and before size
+/// refusals were typed a relay-only visitor gave up after 60 s).
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_refuses_a_page_over_its_own_limit_with_exit_5() {
+    init_logs();
+    tokio::task::spawn_blocking(binary).await.expect("build");
+    let server = start_server(server_config()).await;
+    let file = PageFile::new("share-over-limit", 3_000_000);
+
+    let mut share = peer_command(&server.websocket_url());
+    share.arg("share").arg(&file.path);
+    let output = run(share).await;
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(5), "page too large: {stderr}");
+    assert!(
+        stderr.contains("the page is 2.9 MiB; this peer accepts pages up to 1.0 MiB"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pass --max-page-bytes 3000000 (or more) to share it"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "no URL for a page not hosted");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_share_refuses_a_page_over_the_relay_limit_with_exit_5() {
+    init_logs();
+    tokio::task::spawn_blocking(binary).await.expect("build");
+    let server = start_server(signal_server::Config {
+        max_page_bytes: 64 * 1024,
+        ..server_config()
+    })
+    .await;
+    let file = PageFile::new("share-relay-only", 100_000);
+
+    let mut share = peer_command(&server.websocket_url());
+    share.arg("--relay-only").arg("share").arg(&file.path);
+    let output = run(share).await;
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(5), "page too large: {stderr}");
+    assert!(
+        stderr.contains("the page is 97.7 KiB; the server relays pages up to 64.0 KiB"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("drop --relay-only"), "{stderr}");
+    assert!(
+        output.stdout.is_empty(),
+        "no URL for a page nobody could get"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_with_a_smaller_limit_exits_5_promptly_and_the_host_stays() {
+    init_logs();
+    tokio::task::spawn_blocking(binary).await.expect("build");
+    // The server relays up to its default 1 MiB: this page is past that.
+    let server = start_server(server_config()).await;
+    let url = server.websocket_url();
+    let file = PageFile::new("get-over-limit", 1_500_000);
+
+    let mut sharing = Sharing::start(&url, &["--max-page-bytes", "2000000"], &file.path).await;
+    let said = sharing.stderr_until("hosting").await;
+    let notes = said.iter().filter(|l| l.contains("WebRTC only")).count();
+    assert_eq!(notes, 1, "said once that relay cannot serve it: {said:?}");
+
+    let started = Instant::now();
+    let mut get = peer_command(&url);
+    get.args(["get", &sharing.url]);
+    let output = run(get).await;
+    let took = started.elapsed();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(5), "page too large: {stderr}");
+    assert!(
+        stderr.contains("the page is 1.4 MiB; this peer accepts pages up to 1.0 MiB"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pass --max-page-bytes 1500000 (or more) to get it"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+    assert!(took < PROMPT, "the refusal took {took:?}");
+
+    // The page is not gone: with a large enough limit it arrives.
+    let mut get = peer_command(&url);
+    get.args(["--max-page-bytes", "2000000", "get", &sharing.url]);
+    let output = run(get).await;
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(output.stdout == file.page, "the bytes are the page");
+    assert!(sharing.still_running());
+    server.shutdown().await;
+}
+
+/// Waits on the server's `content_unavailable` (forwarded only to the
+/// visitor that asked for relay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_visitor_of_a_page_over_the_relay_limit_exits_5_within_seconds() {
+    init_logs();
+    tokio::task::spawn_blocking(binary).await.expect("build");
+    let server = start_server(signal_server::Config {
+        max_page_bytes: 64 * 1024,
+        ..server_config()
+    })
+    .await;
+    let url = server.websocket_url();
+    let file = PageFile::new("get-over-relay", 100_000);
+
+    let mut sharing = Sharing::start(&url, &[], &file.path).await;
+    let said = sharing.stderr_until("hosting").await;
+    assert!(
+        said.iter().any(|l| l.contains("served over WebRTC only")),
+        "{said:?}"
+    );
+
+    let started = Instant::now();
+    let mut get = peer_command(&url);
+    get.args(["--relay-only", "get", &sharing.url]);
+    let output = run(get).await;
+    let took = started.elapsed();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(5), "page too large: {stderr}");
+    assert!(
+        stderr.contains(
+            "the page is 97.7 KiB; this peer does not use WebRTC and the server relays pages up to 64.0 KiB"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("drop --relay-only"), "{stderr}");
+    assert!(took < PROMPT, "the refusal took {took:?}");
+    assert!(sharing.still_running(), "the host was not thrown off");
     server.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! Everything that can go wrong on the way to a page: hosts that lie or
-//! vanish, WebRTC that cannot work, no hosts at all, a server restart.
+//! vanish, WebRTC that cannot work, no hosts at all, a server restart,
+//! pages too large for the visitor or for the server's relay.
 
 use std::time::{Duration, Instant};
 
@@ -293,4 +294,123 @@ async fn an_unanswered_heartbeat_drops_the_link_and_reconnects() {
     .await
     .expect("status");
     accepted.abort();
+}
+
+/// Before any timeout could have fired: a size refusal is an answer, not a
+/// wait (the relay timeout is 5 s).
+const PROMPT: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_over_the_visitors_limit_fails_at_once_without_another_host() {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let config = peer_config(&server);
+    let page = text_page(200_000, 5);
+    let (_first, hash) = host(&config, &page).await;
+    let (_second, _) = host(&config, &page).await;
+    let mut small = config.clone();
+    small.fetch.max_page_bytes = 100_000;
+    let visitor = connect(&small).await;
+    let started = Instant::now();
+    let result = within("the fetch", visitor.fetch(hash)).await;
+    let failure = FetchFailure::PageTooLarge {
+        size: 200_000,
+        max: 100_000,
+    };
+    assert_eq!(
+        result.map(|f| f.transport),
+        Err(FetchError::Failed(failure.clone()))
+    );
+    assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
+    assert_eq!(
+        failure.to_string(),
+        "the page is 195.3 KiB; this peer accepts pages up to 97.7 KiB"
+    );
+    server.shutdown().await;
+}
+
+/// Waits on the server's `content_unavailable`: a host asked for relay of
+/// a page over the server's relay limit says so instead of sending it,
+/// and the visitor fails at once. Before, a WebRTC host's `content` was
+/// refused and the visitor heard "gone"; a relay-only host's was closed
+/// with 1009 and reconnected, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_over_the_relay_limit_fails_a_relay_only_visitor_at_once() {
+    init_logs();
+    let server = start_server(signal_server::Config {
+        max_page_bytes: 64 * 1024,
+        ..server_config()
+    })
+    .await;
+    let config = peer_config(&server);
+    let mut relay_only = config.clone();
+    relay_only.fetch.webrtc = false;
+    let page = text_page(100_000, 9);
+    let expected = Err(FetchError::Failed(FetchFailure::TooLargeForRelay {
+        size: 100_000,
+        max_relay: Some(64 * 1024),
+        webrtc_tried: false,
+    }));
+
+    for host_config in [&config, &relay_only] {
+        let (host_peer, hash) = host(host_config, &page).await;
+        assert_eq!(
+            host_peer.status().borrow().max_relay_bytes,
+            Some(64 * 1024),
+            "the join reply says the relay limit"
+        );
+        let visitor = connect(&relay_only).await;
+        let started = Instant::now();
+        let result = within("the relay-only fetch", visitor.fetch(hash)).await;
+        assert_eq!(result.map(|f| f.transport), expected);
+        assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
+        let status = *host_peer.status().borrow();
+        assert!(status.online && status.connections == 1, "{status:?}");
+        visitor.shutdown().await;
+        host_peer.shutdown().await;
+    }
+    server.shutdown().await;
+}
+
+/// Waits on the server's `content_unavailable`, as above, on the fallback
+/// path: WebRTC fails, the visitor asks for relay, the page is too large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_over_the_relay_limit_fails_at_once_when_webrtc_fails() {
+    init_logs();
+    let server = start_server(signal_server::Config {
+        max_page_bytes: 64 * 1024,
+        ..server_config()
+    })
+    .await;
+    let config = peer_config(&server);
+    // ICE bound where the host cannot reach (see
+    // `ice_that_cannot_connect_falls_back_to_relay`).
+    let mut blocked = config.clone();
+    blocked.rtc.bind = "192.0.2.1".parse().expect("a literal address");
+    blocked.fetch.rtc_timeout = Duration::from_secs(2);
+    let page = text_page(100_000, 10);
+    let (_host, hash) = host(&config, &page).await;
+    let visitor = connect(&blocked).await;
+    let started = Instant::now();
+    let result = within("the fetch with ICE blocked", visitor.fetch(hash)).await;
+    let failure = FetchFailure::TooLargeForRelay {
+        size: 100_000,
+        max_relay: Some(64 * 1024),
+        webrtc_tried: true,
+    };
+    assert_eq!(
+        result.map(|f| f.transport),
+        Err(FetchError::Failed(failure.clone()))
+    );
+    // The RTC timeout, then an answer rather than the relay timeout.
+    assert!(
+        started.elapsed() < blocked.fetch.rtc_timeout + PROMPT,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        failure.to_string(),
+        "the page is 97.7 KiB; WebRTC failed and the server relays pages up to 64.0 KiB"
+    );
+    server.shutdown().await;
 }
