@@ -8,15 +8,21 @@
 //! - `run`: `build`, then the release server on http://localhost:4000
 //!   (extra arguments go to the server).
 //! - `test`: installs the wasm target and Chromium + ChromeDriver when
-//!   missing, builds the wasm client, then `cargo test --workspace`.
+//!   missing, builds the wasm client, then `cargo test --workspace`, then
+//!   a few seconds of fuzzing per fuzz target (smoke).
 //! - `bench`: the benchmark suite, release build (`--quick` for a few
 //!   minutes; other arguments go to `ephemeral-bench`).
+//! - `fuzz [TARGET…] [--seconds N]`: builds the libFuzzer targets of
+//!   `fuzz/` on stable and runs each (default: all, 60 s each); fails on
+//!   any crash, naming the crash file (see `fuzz.rs`, docs/fuzzing.md).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+mod fuzz;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// The server's default address; `run` makes it explicit.
@@ -42,10 +48,11 @@ fn main() {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask build | run [server flags…] | test [cargo test args…] \
-                 | bench [--quick] [--only NAME,…]"
+                 | bench [--quick] [--only NAME,…] | fuzz [TARGET…] [--seconds N]"
             );
             std::process::exit(2);
         }
@@ -82,7 +89,8 @@ fn test(cargo_args: &[String]) -> Result<()> {
     step("running every test suite");
     let mut command = cargo();
     command.args(["test", "--workspace"]).args(cargo_args);
-    check(&mut command).context("tests failed")
+    check(&mut command).context("tests failed")?;
+    fuzz::smoke()
 }
 
 /// Runs the benchmark suite (bench/); it writes target/bench/results.md.
