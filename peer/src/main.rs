@@ -214,8 +214,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn peer_config(options: &Options) -> anyhow::Result<PeerConfig> {
-    if !(options.rtc_timeout.is_finite() && options.rtc_timeout > 0.0) {
-        anyhow::bail!("--rtc-timeout must be a positive number of seconds");
+    // An hour is far past any useful wait, and keeps deadlines computed
+    // from it far from overflowing.
+    const MAX_RTC_TIMEOUT_SECS: f64 = 3600.0;
+    if !(options.rtc_timeout > 0.0 && options.rtc_timeout <= MAX_RTC_TIMEOUT_SECS) {
+        anyhow::bail!("--rtc-timeout must be a number of seconds above 0 and at most 3600");
     }
     let mut config = PeerConfig::new(options.server.clone());
     config.rtc.bind = options.bind;
@@ -483,9 +486,11 @@ mod tests {
         assert_eq!(config.rtc.ice_servers[1].username.as_deref(), Some("u"));
         assert_eq!(config.server, "ws://127.0.0.1:9/ws/websocket?vsn=2.0.0");
 
-        let bad = Cli::try_parse_from(["ephemeral-peer", "--rtc-timeout", "0", "get", "x"])
-            .expect("parses");
-        assert!(peer_config(&bad.options).is_err());
+        for bad in ["0", "NaN", "inf", "1e30"] {
+            let bad = Cli::try_parse_from(["ephemeral-peer", "--rtc-timeout", bad, "get", "x"])
+                .expect("parses");
+            assert!(peer_config(&bad.options).is_err());
+        }
     }
 
     #[test]
