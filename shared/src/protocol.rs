@@ -287,6 +287,12 @@ reasons! {
     TooManyFromAddress => "too_many_from_address", "Past the connections of one address.";
     HttpTimeout => "http_timeout", "An HTTP request whose headers did not arrive in time.";
     MetricsUnauthorized => "metrics_unauthorized", "`/metrics` without the operator's token.";
+    TurnCredentials => "turn_credentials", "A TURN request with credentials the server never minted.";
+    TurnExpired => "turn_expired", "A TURN request with expired credentials.";
+    TurnAllocations => "turn_allocations", "Past the TURN allocations one session may hold.";
+    TurnPeerAddress => "turn_peer_address", "TURN traffic to or from a private, loopback or other closed range.";
+    TurnQuota => "turn_quota", "TURN traffic past an allocation's byte quota.";
+    TurnDisabled => "turn_disabled", "A TURN allocation on a server run with `--no-turn`.";
 }
 
 /// A reason string this build does not know.

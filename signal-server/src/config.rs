@@ -201,6 +201,66 @@ pub struct Config {
     )]
     pub ice_servers: Vec<IceServer>,
 
+    /// UDP port of the built-in STUN/TURN server, on the `--bind` IP.
+    /// Clients are handed it with per-session credentials.
+    #[arg(long, env = "EPHEMERAL_TURN_PORT", default_value_t = 3478)]
+    pub turn_port: u16,
+
+    /// Answer STUN only: no TURN relay (peers behind symmetric NATs then
+    /// fall back to the websocket relay).
+    #[arg(long, env = "EPHEMERAL_NO_TURN")]
+    pub no_turn: bool,
+
+    /// No STUN or TURN at all (for a server behind an operator's own).
+    #[arg(long, env = "EPHEMERAL_NO_STUN")]
+    pub no_stun: bool,
+
+    /// Secret TURN credentials are signed with. Random per process unless
+    /// given; nodes of one site share it.
+    #[arg(long, env = "EPHEMERAL_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// Host name put in the STUN/TURN URLs clients get. Default: the host
+    /// the client used to reach this server (its `Host` header).
+    #[arg(long, env = "EPHEMERAL_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+
+    /// Public address relayed traffic is announced from, for a server
+    /// behind 1:1 NAT (most clouds). Default: the bind address, or the
+    /// first non-loopback interface address when binding all interfaces.
+    #[arg(long, env = "EPHEMERAL_PUBLIC_IP")]
+    pub public_ip: Option<std::net::IpAddr>,
+
+    /// UDP ports TURN relays from, `MIN-MAX` (open them in the firewall).
+    #[arg(long, env = "EPHEMERAL_TURN_RELAY_PORTS", default_value = "49152-65535", value_parser = parse_port_range)]
+    pub turn_relay_ports: (u16, u16),
+
+    /// Peer ranges TURN may relay to although they are private or loopback
+    /// (repeatable CIDR; e.g. `127.0.0.0/8` for tests on one machine).
+    #[arg(
+        long = "turn-allow-peer",
+        env = "EPHEMERAL_TURN_ALLOW_PEERS",
+        value_delimiter = ','
+    )]
+    pub turn_allow_peers: Vec<Cidr>,
+
+    /// Seconds a session's TURN credentials stay valid.
+    #[arg(
+        long,
+        env = "EPHEMERAL_TURN_CREDENTIAL_TTL_SECS",
+        default_value_t = 3600
+    )]
+    pub turn_credential_ttl_secs: u64,
+
+    /// TURN allocations one websocket session may hold at once.
+    #[arg(long, env = "EPHEMERAL_TURN_MAX_ALLOCATIONS", default_value_t = 8)]
+    pub turn_max_allocations: usize,
+
+    /// Bytes one TURN allocation may relay, both directions (a page over
+    /// WebRTC is at most a few tens of MiB).
+    #[arg(long, env = "EPHEMERAL_TURN_QUOTA_BYTES", default_value_t = 64 * MIB as u64)]
+    pub turn_quota_bytes: u64,
+
     /// Token `/metrics` requires as `Authorization: Bearer <token>`. None
     /// given: `/metrics` is open (bind it elsewhere with `--metrics-bind`).
     #[arg(long, env = "EPHEMERAL_METRICS_TOKEN", hide_env_values = true)]
@@ -248,11 +308,34 @@ impl Default for Config {
             selection: Selection::Uniform,
             allowed_origins: Vec::new(),
             ice_servers: Vec::new(),
+            turn_port: 3478,
+            no_turn: false,
+            no_stun: false,
+            turn_secret: None,
+            public_host: None,
+            public_ip: None,
+            turn_relay_ports: (49152, 65535),
+            turn_allow_peers: Vec::new(),
+            turn_credential_ttl_secs: 3600,
+            turn_max_allocations: 8,
+            turn_quota_bytes: 64 * MIB as u64,
             metrics_token: None,
             metrics_bind: None,
             log: "info".into(),
         }
     }
+}
+
+/// `MIN-MAX`, both ends included.
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let error = || format!("expected a port range like 49152-65535, got {text:?}");
+    let (min, max) = text.split_once('-').ok_or_else(error)?;
+    let min: u16 = min.trim().parse().map_err(|_| error())?;
+    let max: u16 = max.trim().parse().map_err(|_| error())?;
+    if min == 0 || max < min {
+        return Err(error());
+    }
+    Ok((min, max))
 }
 
 impl Config {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use ephemeral_shared::frame::{Frame, event};
 use ephemeral_shared::protocol::{
-    Content, ContentRequest, ContentUnavailable, HostRequest, JoinReply, MAX_EXCLUDE, NO_HOSTS,
-    PeerId, Reason, SignalFrom, SignalTo,
+    Content, ContentRequest, ContentUnavailable, HostRequest, IceServer, JoinReply, MAX_EXCLUDE,
+    NO_HOSTS, PeerId, Reason, SignalFrom, SignalTo,
 };
 use ephemeral_shared::rate::RateLimiter;
 use ephemeral_shared::selection::Selection;
@@ -69,12 +69,14 @@ enum Ending {
 }
 
 /// Serves one upgraded websocket until it closes. `hold` counts it against
-/// its client's address, `_permit` against the server's total.
+/// its client's address, `_permit` against the server's total; `ice_host`
+/// is the host its STUN/TURN URLs name.
 pub async fn serve(
     socket: WebSocket,
     state: Arc<AppState>,
     hold: Hold,
     _permit: OwnedSemaphorePermit,
+    ice_host: String,
 ) {
     let peer = PeerId::from_random(rand::random());
     let config = &state.config;
@@ -89,7 +91,7 @@ pub async fn serve(
         config.write_timeout(),
         state.metrics.clone(),
     ));
-    let mut session = Session::new(conn.clone(), state.clone());
+    let mut session = Session::new(conn.clone(), state.clone(), ice_host);
     let metrics = &state.metrics;
     metrics.connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, address = %hold.address().key(), "connected");
@@ -250,10 +252,13 @@ struct Session {
     refusals: RateLimiter,
     /// Monotonic origin for the limiters' clock.
     epoch: Instant,
+    /// The STUN/TURN servers this session is handed, with TURN credentials
+    /// of its own, minted when the socket opens.
+    ice_servers: Vec<IceServer>,
 }
 
 impl Session {
-    fn new(conn: Arc<Conn>, state: Arc<AppState>) -> Self {
+    fn new(conn: Arc<Conn>, state: Arc<AppState>, ice_host: String) -> Self {
         let config = &state.config;
         let limiter = RateLimiter::new(
             config.messages_per_second,
@@ -261,7 +266,12 @@ impl Session {
             Duration::ZERO,
         );
         let refusals = RateLimiter::new(REFUSALS_PER_SECOND, REFUSAL_BURST, Duration::ZERO);
+        let mut ice_servers = config.ice_servers.clone();
+        if let Some(service) = &state.stun_turn {
+            ice_servers.extend(service.ice_servers_for(&ice_host, conn.peer));
+        }
         Self {
+            ice_servers,
             conn,
             state,
             joined: Vec::new(),
@@ -463,7 +473,7 @@ impl Session {
             peer_id: self.peer(),
             count: counts.count,
             waiting: counts.waiting,
-            ice_servers: config.ice_servers.clone(),
+            ice_servers: self.ice_servers.clone(),
             max_relay_bytes: Some(config.max_page_bytes),
         };
         Ok(vec![frame.reply_ok(&reply)])

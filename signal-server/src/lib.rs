@@ -20,6 +20,7 @@
 //! - [`connection`]: one socket, start to close.
 //! - [`conn`]: the handle others reach a socket by; its byte-bounded queue.
 //! - [`registry`]: topic membership, selection, slots, count broadcasts.
+//! - [`stun_turn`]: the built-in STUN/TURN server and its credentials.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`assets`]: the embedded web client.
 //!
@@ -34,6 +35,7 @@ pub mod connection;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod stun_turn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +60,8 @@ pub use metrics::Metrics;
 pub struct AppState {
     pub config: Config,
     pub registry: Registry,
+    /// The built-in STUN/TURN server, unless `--no-stun`.
+    pub stun_turn: Option<Arc<stun_turn::StunTurn>>,
     pub metrics: Arc<Metrics>,
     /// Every client address with a connection open, and its limits.
     pub addresses: Arc<Addresses>,
@@ -74,6 +78,7 @@ pub struct AppState {
 pub struct RunningServer {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    stun_turn: Option<Arc<stun_turn::StunTurn>>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     serve_task: tokio::task::JoinHandle<()>,
@@ -91,6 +96,11 @@ impl RunningServer {
         format!("ws://{}/ws/websocket?vsn=2.0.0", self.local_addr)
     }
 
+    /// The UDP address of the built-in STUN/TURN server, if it runs.
+    pub fn stun_turn_addr(&self) -> Option<SocketAddr> {
+        self.stun_turn.as_ref().map(|service| service.local_addr())
+    }
+
     /// Where `/metrics` is served when `--metrics-bind` moved it.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
@@ -104,6 +114,9 @@ impl RunningServer {
     /// waits (up to 5 s) for connections to finish.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        if let Some(service) = &self.stun_turn {
+            service.close().await;
+        }
         let wait = async {
             let _ = (&mut self.serve_task).await;
             while self.connections_done.recv().await.is_some() {}
@@ -154,8 +167,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         largest_message: config.max_message_bytes as u64,
         largest_page: config.max_page_bytes as u64,
     });
+    let stun_turn = if config.no_stun {
+        None
+    } else {
+        let service =
+            stun_turn::StunTurn::start(stun_turn_config(&config), metrics.clone()).await?;
+        Some(Arc::new(service))
+    };
     let state = Arc::new(AppState {
         registry: Registry::new(metrics.clone(), routing),
+        stun_turn: stun_turn.clone(),
         metrics: metrics.clone(),
         addresses,
         shutdown: shutdown_rx.clone(),
@@ -191,11 +212,34 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         local_addr,
         metrics_addr,
+        stun_turn,
         metrics,
         shutdown: shutdown_tx,
         serve_task,
         connections_done: done_rx,
     })
+}
+
+fn stun_turn_config(config: &Config) -> stun_turn::StunTurnConfig {
+    let listen = SocketAddr::new(config.bind.ip(), config.turn_port);
+    let secret = config.turn_secret.clone().unwrap_or_else(|| {
+        // Per process: credentials die with it, which is what a single node
+        // wants; a cluster passes one secret to every node.
+        format!("{:032x}", rand::random::<u128>())
+    });
+    stun_turn::StunTurnConfig {
+        listen,
+        turn: !config.no_turn,
+        secret,
+        relay_ip: config
+            .public_ip
+            .unwrap_or_else(|| stun_turn::default_relay_ip(config.bind.ip())),
+        relay_ports: config.turn_relay_ports,
+        credential_ttl: Duration::from_secs(config.turn_credential_ttl_secs),
+        max_allocations_per_session: config.turn_max_allocations,
+        allocation_quota_bytes: config.turn_quota_bytes,
+        allowed_peers: config.turn_allow_peers.clone(),
+    }
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
@@ -260,6 +304,35 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     (content_type, state.metrics.render()).into_response()
 }
 
+/// The host the client reached us by, for the STUN/TURN URLs it is handed:
+/// `--public-host`, else the `Host` header without its port, else the
+/// bind address.
+fn ice_host(config: &Config, headers: &HeaderMap) -> String {
+    if let Some(host) = &config.public_host {
+        return host.clone();
+    }
+    let from_header = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|host| {
+            let host = host.trim();
+            if let Some(rest) = host.strip_prefix('[') {
+                // [v6]:port
+                return rest.split_once(']').map(|(v6, _)| format!("[{v6}]"));
+            }
+            let name = host.rsplit_once(':').map_or(host, |(name, _port)| name);
+            let plausible = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            plausible.then(|| name.to_string())
+        });
+    from_header.unwrap_or_else(|| match config.bind.ip() {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    })
+}
+
 /// Compares without stopping at the first difference, so response times do
 /// not reveal how much of a guessed token was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -306,6 +379,7 @@ async fn websocket(
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let client = addresses::client_address(peer.ip(), &headers, &state.config.trusted_proxies);
+    let ice_host = ice_host(&state.config, &headers);
     let Some(hold) = state.addresses.hold(client, Kind::Websocket, true) else {
         metrics.reject(Reason::TooManyFromAddress);
         return (
@@ -328,7 +402,7 @@ async fn websocket(
         .on_upgrade(move |socket| {
             let done = state.connections_done.clone();
             async move {
-                connection::serve(socket, state, hold, permit).await;
+                connection::serve(socket, state, hold, permit, ice_host).await;
                 drop(done);
             }
         })
@@ -349,6 +423,28 @@ mod tests {
         );
         assert!(!valid_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ="));
         assert!(!valid_websocket_key(b"dGhlIHNhbXBsZSBub25j!Q=="));
+    }
+
+    #[test]
+    fn ice_urls_name_the_host_the_client_used() {
+        let config = Config::default();
+        let mut headers = HeaderMap::new();
+        assert_eq!(ice_host(&config, &headers), "127.0.0.1");
+        headers.insert(header::HOST, "pages.example:4000".parse().unwrap());
+        assert_eq!(ice_host(&config, &headers), "pages.example");
+        headers.insert(header::HOST, "[2001:db8::1]:4000".parse().unwrap());
+        assert_eq!(ice_host(&config, &headers), "[2001:db8::1]");
+        headers.insert(header::HOST, "evil\"host".parse().unwrap());
+        assert_eq!(
+            ice_host(&config, &headers),
+            "127.0.0.1",
+            "nothing odd is echoed"
+        );
+        let named = Config {
+            public_host: Some("turn.pages.example".into()),
+            ..Config::default()
+        };
+        assert_eq!(ice_host(&named, &headers), "turn.pages.example");
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub struct Metrics {
     pub topics: AtomicI64,
     /// Pages with at least one host or visitor.
     pub pages: AtomicI64,
+    /// TURN allocations open.
+    pub turn_allocations: AtomicI64,
+    /// Bytes TURN relayed, both directions.
+    pub turn_relayed_bytes: AtomicU64,
     pub requests_routed: AtomicU64,
     pub requests_no_host: AtomicU64,
     /// Requests that waited for a host's free upload slot.
@@ -31,6 +35,8 @@ impl Default for Metrics {
             connections: AtomicI64::new(0),
             topics: AtomicI64::new(0),
             pages: AtomicI64::new(0),
+            turn_allocations: AtomicI64::new(0),
+            turn_relayed_bytes: AtomicU64::new(0),
             requests_routed: AtomicU64::new(0),
             requests_no_host: AtomicU64::new(0),
             requests_queued: AtomicU64::new(0),
@@ -69,6 +75,11 @@ impl Metrics {
                 "Pages with at least one host or waiting visitor.",
                 &self.pages,
             ),
+            (
+                "ephemeral_turn_allocations",
+                "TURN allocations open.",
+                &self.turn_allocations,
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -99,6 +110,11 @@ impl Metrics {
                 "ephemeral_relayed_bytes_total",
                 "Page bytes sent to visitors through the websocket relay.",
                 &self.relayed_bytes,
+            ),
+            (
+                "ephemeral_turn_relayed_bytes_total",
+                "Bytes the built-in TURN server relayed, both directions.",
+                &self.turn_relayed_bytes,
             ),
             (
                 "ephemeral_count_broadcasts_total",

@@ -28,6 +28,7 @@ async fn official_phoenix_js_client_works_unchanged() {
     install_js_client(&dir);
     let server = signal_server::start(Config {
         bind: "127.0.0.1:0".parse().unwrap(),
+        turn_port: 0,
         ..Config::default()
     })
     .await

@@ -31,10 +31,23 @@ async fn join_reply_carries_peer_id_counts_and_ice_servers() {
     assert!(peer_id.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(reply["count"], json!(1));
     assert_eq!(reply["waiting"], json!(0));
+    // The configured servers first, then the built-in STUN and TURN, at
+    // the host the client used, with credentials of this session.
+    let port = server.stun_turn_addr().expect("STUN/TURN runs").port();
+    let servers = reply["ice_servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3, "{servers:?}");
+    assert_eq!(servers[0], json!({"urls": ["stun:127.0.0.1:3478"]}));
     assert_eq!(
-        reply["ice_servers"],
-        json!([{"urls": ["stun:127.0.0.1:3478"]}])
+        servers[1],
+        json!({"urls": [format!("stun:127.0.0.1:{port}")]})
     );
+    assert_eq!(
+        servers[2]["urls"],
+        json!([format!("turn:127.0.0.1:{port}?transport=udp")])
+    );
+    let username = servers[2]["username"].as_str().unwrap();
+    assert!(username.ends_with(&format!(":{peer_id}")), "{username}");
+    assert_eq!(servers[2]["credential"].as_str().unwrap().len(), 28);
 
     let mut visitor = Client::connect(&server).await;
     let reply = visitor.join(&want).await;

@@ -20,6 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub async fn server(config: Config) -> RunningServer {
     let config = Config {
         bind: "127.0.0.1:0".parse().unwrap(),
+        // Tests run side by side: any free UDP port for STUN/TURN.
+        turn_port: 0,
         ..config
     };
     signal_server::start(config).await.expect("server starts")

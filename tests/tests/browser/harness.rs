@@ -48,6 +48,8 @@ impl World {
         }
         let config = signal_server::Config {
             bind: "127.0.0.1:0".parse().expect("a literal address"),
+            // Any free UDP port for STUN/TURN.
+            turn_port: 0,
             ..config
         };
         let server = signal_server::start(config.clone())

@@ -34,6 +34,8 @@ pub fn init_logs() {
 pub fn server_config() -> signal_server::Config {
     signal_server::Config {
         bind: "127.0.0.1:0".parse().expect("a literal address"),
+        // Tests run side by side: any free UDP port for STUN/TURN.
+        turn_port: 0,
         ..signal_server::Config::default()
     }
 }
