@@ -14,6 +14,7 @@
 //! - [`topic`]: `have:<h>` / `want:<h>`.
 //! - [`frame`]: Phoenix Channels V2 JSON frames, parsed with exact errors.
 //! - [`protocol`]: typed payloads of every event, peer ids, error reasons.
+//! - [`path`]: which way a page travelled (direct, TURN, relay).
 //! - [`selection`]: which host serves a request (uniform, or the seed's
 //!   coin flip).
 //! - [`rate`]: the per-socket token bucket.
@@ -26,6 +27,7 @@ pub mod fetch;
 pub mod frame;
 pub mod hash;
 pub mod host;
+pub mod path;
 pub mod protocol;
 pub mod rate;
 pub mod selection;

@@ -95,6 +95,16 @@ impl FromStr for IceServer {
     }
 }
 
+/// What a client may say when it joins. A visitor that just got the page
+/// and joins `have:` says which way it came, so the server can count
+/// fetches by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinPayload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<crate::path::Path>,
+}
+
 /// The response of every successful join.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinReply {
@@ -345,6 +355,15 @@ mod tests {
         assert_eq!(serde_json::from_value::<SignalTo>(value).unwrap(), signal);
         let bad = json!({"to": "00000000000000000000000000000001", "type": "hello"});
         assert!(serde_json::from_value::<SignalTo>(bad).is_err());
+    }
+
+    #[test]
+    fn a_join_may_say_which_way_the_page_came() {
+        let plain: JoinPayload = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(plain.path, None);
+        let turn: JoinPayload = serde_json::from_value(json!({"path": "turn"})).unwrap();
+        assert_eq!(turn.path, Some(crate::path::Path::Turn));
+        assert!(serde_json::from_value::<JoinPayload>(json!({"path": "pigeon"})).is_err());
     }
 
     #[test]

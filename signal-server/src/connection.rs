@@ -13,8 +13,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use ephemeral_shared::frame::{Frame, event};
 use ephemeral_shared::protocol::{
-    Content, ContentRequest, ContentUnavailable, HostRequest, IceServer, JoinReply, MAX_EXCLUDE,
-    NO_HOSTS, PeerId, Reason, SignalFrom, SignalTo,
+    Content, ContentRequest, ContentUnavailable, HostRequest, IceServer, JoinPayload, JoinReply,
+    MAX_EXCLUDE, NO_HOSTS, PeerId, Reason, SignalFrom, SignalTo,
 };
 use ephemeral_shared::rate::RateLimiter;
 use ephemeral_shared::selection::Selection;
@@ -456,6 +456,9 @@ impl Session {
                 format!("at most {max} topics per socket"),
             ));
         }
+        let JoinPayload { path } = frame
+            .payload_as()
+            .map_err(|e| (Reason::BadPayload, e.to_string()))?;
         if !self.conn.address.admit_join() {
             let detail = format!(
                 "your address is over {} joins per second; slow down",
@@ -469,6 +472,9 @@ impl Session {
             join_ref: frame.join_ref.clone(),
         };
         let counts = self.state.registry.join(topic, member);
+        if let (Role::Have, Some(path)) = (topic.role, path) {
+            self.state.metrics.fetched(path);
+        }
         let reply = JoinReply {
             peer_id: self.peer(),
             count: counts.count,

@@ -5,6 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use ephemeral_shared::path::Path;
 pub use ephemeral_shared::protocol::Reason;
 
 #[derive(Debug)]
@@ -27,6 +28,9 @@ pub struct Metrics {
     pub relayed_bytes: AtomicU64,
     pub count_broadcasts: AtomicU64,
     rejected: [AtomicU64; Reason::ALL.len()],
+    /// Pages fetched, by the path they took (what visitors report when
+    /// they start hosting).
+    fetches: [AtomicU64; Path::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -44,6 +48,7 @@ impl Default for Metrics {
             relayed_bytes: AtomicU64::new(0),
             count_broadcasts: AtomicU64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            fetches: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -51,6 +56,14 @@ impl Default for Metrics {
 impl Metrics {
     pub fn reject(&self, why: Reason) {
         self.rejected[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn fetched(&self, path: Path) {
+        self.fetches[path as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn fetches(&self, path: Path) -> u64 {
+        self.fetches[path as usize].load(Ordering::Relaxed)
     }
 
     pub fn rejected(&self, why: Reason) -> u64 {
@@ -125,6 +138,14 @@ impl Metrics {
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        let name = "ephemeral_fetches_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Pages fetched, by path (direct, turn, relay), as visitors report.\n# TYPE {name} counter"
+        );
+        for path in Path::ALL {
+            let _ = writeln!(out, "{name}{{path=\"{path}\"}} {}", self.fetches(path));
         }
         let name = "ephemeral_rejected_total";
         let _ = writeln!(

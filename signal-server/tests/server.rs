@@ -901,3 +901,31 @@ async fn waiting_requests_hear_no_hosts_as_soon_as_the_last_host_goes() {
         "not the 10 s queue wait"
     );
 }
+
+#[tokio::test]
+async fn visitors_report_the_path_a_page_took_and_metrics_count_it() {
+    let server = server(Config::default()).await;
+    let (have, _) = page("which way");
+    for path in ["direct", "turn", "turn", "relay"] {
+        let mut client = Client::connect(&server).await;
+        let (status, _) = client
+            .call(&have, "phx_join", json!({ "path": path }))
+            .await;
+        assert_eq!(status, "ok");
+    }
+    let mut author = Client::connect(&server).await;
+    author.join(&have).await;
+    let mut liar = Client::connect(&server).await;
+    let (status, response) = liar
+        .call(&have, "phx_join", json!({"path": "pigeon"}))
+        .await;
+    assert_eq!(
+        (status.as_str(), reason(&response)),
+        ("error", "bad_payload")
+    );
+    let (_, _, metrics) = http_get(&server, "/metrics").await;
+    for (path, n) in [("direct", 1), ("turn", 2), ("relay", 1)] {
+        let line = format!("ephemeral_fetches_total{{path=\"{path}\"}} {n}\n");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+}
