@@ -13,18 +13,45 @@
 //!
 //! Every child listens on a port the OS picks on 127.0.0.1, prints it on
 //! its first line of stdout, and is killed when its handle is dropped.
+//! Our server's `/metrics` can be read while it runs ([`Scrape`]).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// How long a child may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `/metrics` request may take; a server too busy to answer
+/// within it is itself a finding, reported as an error.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest `/metrics` response read: the text is a few KiB.
+const SCRAPE_MAX_BYTES: u64 = 1024 * 1024;
+
+/// Per-address limits high enough never to bind. The server's defaults
+/// (256 connections, 1000 messages, 50 joins per second per address, …)
+/// are there against one abusive address; the benchmarks that load the
+/// server from a handful of loopback addresses (or all from 127.0.0.1,
+/// as the native peers do) would otherwise measure those limits instead
+/// of what they are about. The flood, stalled-reader and churn
+/// benchmarks keep the defaults: the limits are what they test.
+pub const NO_PER_ADDRESS_LIMITS: &[&str] = &[
+    "--max-connections-per-address",
+    "100000",
+    "--messages-per-second-per-address",
+    "1000000",
+    "--joins-per-second-per-address",
+    "1000000",
+    "--bytes-per-second-per-address",
+    "1000000000",
+    "--relay-bytes-per-second-per-address",
+    "1000000000",
+];
 
 /// A server running in a child process.
 pub struct ChildServer {
@@ -70,6 +97,86 @@ impl ChildServer {
     /// Kills the server and waits for it to go.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// The server's `/metrics`, read over HTTP/1.1 from 127.0.0.1 (not
+    /// from any address a benchmark loads the server from, so per-address
+    /// limits never refuse the reading).
+    pub async fn scrape(&self) -> Result<Scrape> {
+        tokio::time::timeout(SCRAPE_TIMEOUT, self.fetch_metrics())
+            .await
+            .with_context(|| {
+                format!(
+                    "{} did not answer /metrics within {SCRAPE_TIMEOUT:?}",
+                    self.name
+                )
+            })?
+    }
+
+    async fn fetch_metrics(&self) -> Result<Scrape> {
+        let mut stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("cannot connect to {} for /metrics", self.addr))?;
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .context("cannot send the /metrics request")?;
+        let mut response = Vec::new();
+        stream
+            .take(SCRAPE_MAX_BYTES)
+            .read_to_end(&mut response)
+            .await
+            .context("cannot read the /metrics response")?;
+        let response = String::from_utf8_lossy(&response);
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("a /metrics response without a header end")?;
+        let status = head.lines().next().unwrap_or_default();
+        if status.split_whitespace().nth(1) != Some("200") {
+            bail!("/metrics answered {status:?}");
+        }
+        Ok(Scrape::parse(body))
+    }
+}
+
+/// One reading of the server's Prometheus text: each sample's name (with
+/// its labels, as written) and value.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    samples: BTreeMap<String, f64>,
+}
+
+impl Scrape {
+    fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (name, value) = line.trim().rsplit_once(' ')?;
+                Some((name.trim().to_string(), value.parse().ok()?))
+            })
+            .collect();
+        Self { samples }
+    }
+
+    /// A sample by its full name, e.g. `ephemeral_connections` or
+    /// `ephemeral_rejected_total{reason="slow_consumer"}`; `None` when the
+    /// server does not export it.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.samples.get(name).copied()
+    }
+
+    /// Every sample of a labelled family, e.g. `ephemeral_rejected_total`,
+    /// by its label set (`reason="slow_consumer"`).
+    pub fn family<'a>(&'a self, family: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+        self.samples.iter().filter_map(move |(name, value)| {
+            let labels = name.strip_prefix(family)?.strip_prefix('{')?;
+            Some((labels.strip_suffix('}').unwrap_or(labels), *value))
+        })
     }
 }
 
@@ -244,6 +351,26 @@ mod tests {
         let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t  12345 kB\nThreads:\t3\n";
         assert_eq!(parse_vm_rss(status), Some(12345));
         assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn parses_prometheus_text() {
+        let text = "# HELP ephemeral_connections Open websockets.\n\
+                    # TYPE ephemeral_connections gauge\n\
+                    ephemeral_connections 3\n\
+                    ephemeral_rejected_total{reason=\"slow_consumer\"} 2\n\
+                    ephemeral_rejected_total{reason=\"idle_timeout\"} 0\n";
+        let scrape = Scrape::parse(text);
+        assert_eq!(scrape.get("ephemeral_connections"), Some(3.0));
+        assert_eq!(scrape.get("ephemeral_pages"), None);
+        let rejected: Vec<_> = scrape.family("ephemeral_rejected_total").collect();
+        assert_eq!(
+            rejected,
+            vec![
+                ("reason=\"idle_timeout\"", 0.0),
+                ("reason=\"slow_consumer\"", 2.0)
+            ]
+        );
     }
 
     #[test]

@@ -20,18 +20,26 @@
 //! - [`peers`]: 4, data-channel throughput native↔native; 5, flash crowd.
 //! - [`browser`]: 4, data-channel throughput from headless Chromium.
 //! - [`client_size`]: 6, the web client's download size.
+//! - [`flood`]: 7, normal clients' signal latency while one address floods.
+//! - [`stalled`]: 8, server memory under stalled readers, against the
+//!   bound its caps imply.
+//! - [`churn`]: 9, a soak of connect/join/leave/disconnect cycles: memory
+//!   and gauges before and after.
 //! - [`children`]: the servers under test, each its own process.
 //! - [`phoenix`]: the load generator's websocket and Phoenix clients.
 //! - [`report`]: rows, percentiles, the table and the JSON.
 
 mod browser;
 mod children;
+mod churn;
 mod client_size;
+mod flood;
 mod memory;
 mod peers;
 mod phoenix;
 mod report;
 mod signaling;
+mod stalled;
 mod ttc;
 
 use std::path::{Path, PathBuf};
@@ -71,6 +79,12 @@ enum Bench {
     Flash,
     /// 6. Web client size.
     Size,
+    /// 7. Normal clients' signal latency under a flood from one address.
+    Flood,
+    /// 8. Server memory under stalled readers.
+    Stalled,
+    /// 9. Churn soak: memory and gauges after many short-lived clients.
+    Churn,
 }
 
 /// What this binary is when the harness re-executes it as a server.
@@ -189,6 +203,21 @@ async fn bench(quick: bool, only: &[Bench]) -> Result<()> {
     }
     if wanted(Bench::Size) {
         record("6. Web client size", client_size::run(&workspace));
+    }
+    if wanted(Bench::Flood) {
+        record(
+            "7. Flood from one address",
+            flood::run(&flood::Plan::new(quick)).await,
+        );
+    }
+    if wanted(Bench::Stalled) {
+        record(
+            "8. Stalled readers",
+            stalled::run(&stalled::Plan::new(quick)).await,
+        );
+    }
+    if wanted(Bench::Churn) {
+        record("9. Churn soak", churn::run(&churn::Plan::new(quick)).await);
     }
 
     let table = report::markdown(&rows);

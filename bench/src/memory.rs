@@ -94,6 +94,9 @@ async fn measure(flags: &[&str], connections: usize) -> Result<Reading> {
         "--max-connections",
         "1000000",
     ];
+    // Tens of thousands of connections from eight loopback addresses are
+    // thousands per address, far past the default 256.
+    all_flags.extend_from_slice(children::NO_PER_ADDRESS_LIMITS);
     all_flags.extend_from_slice(flags);
     let server = children::signal_server(&all_flags).await?;
     let endpoint = Endpoint::phoenix(server.addr);
@@ -141,7 +144,7 @@ async fn open(endpoint: &Endpoint, first: usize, count: usize) -> Result<Vec<Pho
 
 /// Waits until the server's RSS stops moving (coalesced count broadcasts
 /// and freed handshake buffers), at most a few seconds.
-async fn settle(server: &ChildServer) {
+pub async fn settle(server: &ChildServer) {
     let mut last = server.rss_kib().unwrap_or(0);
     for _ in 0..10 {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

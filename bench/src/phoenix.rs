@@ -5,17 +5,24 @@
 //! and an SDP-sized signal body.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ephemeral_shared::{Frame, PageHash};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long [`Phoenix::join_patiently`] waits before asking again.
+const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long [`Phoenix::close`] waits for the server's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Where a websocket server listens, and the URL to ask for.
 #[derive(Debug, Clone)]
@@ -54,7 +61,31 @@ pub fn source_ip(i: usize) -> Ipv4Addr {
 /// The client keeps small buffers: at 20k connections the library's
 /// 128 KiB default would cost the load generator gigabytes.
 pub async fn connect(endpoint: &Endpoint, source: Ipv4Addr) -> Result<Ws> {
+    connect_with(endpoint, source, None).await
+}
+
+/// [`connect`], with the socket's kernel receive buffer (`SO_RCVBUF`) set
+/// to `receive_buffer` bytes before connecting, so the window it
+/// advertises is small from the first byte: a reader that stalls then
+/// holds almost nothing in its own kernel, and what the server sends it
+/// piles up at the server.
+pub async fn connect_with(
+    endpoint: &Endpoint,
+    source: Ipv4Addr,
+    receive_buffer: Option<u32>,
+) -> Result<Ws> {
     let socket = TcpSocket::new_v4().context("cannot create a TCP socket")?;
+    // Benchmarks that reconnect thousands of times from one source address
+    // leave ports in TIME_WAIT; SO_REUSEADDR lets the next bind reuse them
+    // instead of running out of ephemeral ports.
+    socket
+        .set_reuseaddr(true)
+        .context("cannot set SO_REUSEADDR")?;
+    if let Some(bytes) = receive_buffer {
+        socket
+            .set_recv_buffer_size(bytes)
+            .with_context(|| format!("cannot set SO_RCVBUF to {bytes}"))?;
+    }
     socket
         .bind(SocketAddr::from((source, 0)))
         .with_context(|| format!("cannot bind {source}:0"))?;
@@ -104,8 +135,18 @@ pub struct Phoenix {
 
 impl Phoenix {
     pub async fn connect(endpoint: &Endpoint, source: Ipv4Addr) -> Result<Self> {
+        Self::connect_with(endpoint, source, None).await
+    }
+
+    /// [`Phoenix::connect`] with a kernel receive buffer of
+    /// `receive_buffer` bytes (see [`connect_with`]).
+    pub async fn connect_with(
+        endpoint: &Endpoint,
+        source: Ipv4Addr,
+        receive_buffer: Option<u32>,
+    ) -> Result<Self> {
         Ok(Self {
-            ws: connect(endpoint, source).await?,
+            ws: connect_with(endpoint, source, receive_buffer).await?,
             next_ref: 0,
             joins: Vec::new(),
         })
@@ -113,50 +154,129 @@ impl Phoenix {
 
     /// Pushes `event` on `topic`; returns the push's ref.
     pub async fn push(&mut self, topic: &str, event: &str, payload: Value) -> Result<String> {
+        let (join_ref, msg_ref) = self.next_refs(topic);
+        let frame = json!([join_ref, msg_ref, topic, event, payload]);
+        send_text(&mut self.ws, frame.to_string()).await?;
+        Ok(msg_ref)
+    }
+
+    /// The refs of the next push on `topic` (its join ref, if joined, and
+    /// a fresh message ref), for a caller that writes the frame's text
+    /// itself with [`Phoenix::send_raw`], e.g. to size it to the byte.
+    pub fn next_refs(&mut self, topic: &str) -> (Option<String>, String) {
         self.next_ref += 1;
-        let msg_ref = self.next_ref.to_string();
         let join_ref = self
             .joins
             .iter()
             .find(|(t, _)| t == topic)
             .map(|(_, r)| r.clone());
-        let frame = json!([join_ref, msg_ref, topic, event, payload]);
-        send_text(&mut self.ws, frame.to_string()).await?;
-        Ok(msg_ref)
+        (join_ref, self.next_ref.to_string())
+    }
+
+    /// Sends a frame's text as it is.
+    pub async fn send_raw(&mut self, text: String) -> Result<()> {
+        send_text(&mut self.ws, text).await
     }
 
     /// Joins `topic` and returns the ok response. Frames that arrive before
     /// the reply are dropped: nothing else is expected before a join
     /// completes in these benchmarks.
     pub async fn join(&mut self, topic: &str) -> Result<Map<String, Value>> {
+        match self.try_join(topic).await? {
+            Ok(response) => Ok(response),
+            Err(response) => bail!("join {topic} refused: {}", Value::Object(response)),
+        }
+    }
+
+    /// Joins `topic`, and when the server refuses for a rate (the socket's
+    /// or its address's joins per second), waits and asks again until
+    /// `deadline`: with the server's per-address limits in force, clients
+    /// that share an address and join at once are paced, not failed.
+    pub async fn join_patiently(
+        &mut self,
+        topic: &str,
+        deadline: Instant,
+    ) -> Result<Map<String, Value>> {
+        loop {
+            let response = match self.try_join(topic).await? {
+                Ok(response) => return Ok(response),
+                Err(response) => response,
+            };
+            let refused = || format!("join {topic} refused: {}", Value::Object(response.clone()));
+            if !is_rate_refusal(&response) {
+                bail!(refused());
+            }
+            if Instant::now() + JOIN_RETRY_PAUSE >= deadline {
+                bail!("{} until the deadline", refused());
+            }
+            tokio::time::sleep(JOIN_RETRY_PAUSE).await;
+        }
+    }
+
+    /// Sends a join and waits for its reply: `Ok` with the ok response, or
+    /// `Err` with the error response (the topic is then not joined).
+    async fn try_join(
+        &mut self,
+        topic: &str,
+    ) -> Result<std::result::Result<Map<String, Value>, Map<String, Value>>> {
         self.next_ref += 1;
         let join_ref = self.next_ref.to_string();
-        self.joins.push((topic.to_string(), join_ref.clone()));
         let frame = json!([join_ref, join_ref, topic, "phx_join", {}]);
         send_text(&mut self.ws, frame.to_string()).await?;
+        let frame = self.reply_to(&join_ref).await?;
+        let Some((status, response)) = frame.as_reply() else {
+            bail!("join {topic}: expected a reply, got {}", frame.event);
+        };
+        if status != "ok" {
+            return Ok(Err(response.clone()));
+        }
+        self.joins.push((topic.to_string(), join_ref));
+        Ok(Ok(response.clone()))
+    }
+
+    /// Leaves `topic` and waits for the server's ok.
+    pub async fn leave(&mut self, topic: &str) -> Result<()> {
+        let msg_ref = self.push(topic, "phx_leave", json!({})).await?;
+        self.joins.retain(|(t, _)| t != topic);
+        let frame = self.reply_to(&msg_ref).await?;
+        match frame.as_reply() {
+            Some(("ok", _)) => Ok(()),
+            Some((_, response)) => {
+                bail!("leave {topic} refused: {}", Value::Object(response.clone()))
+            }
+            None => bail!("leave {topic}: expected a reply, got {}", frame.event),
+        }
+    }
+
+    /// The frame that carries `msg_ref`, dropping the ones before it.
+    async fn reply_to(&mut self, msg_ref: &str) -> Result<Frame> {
         loop {
             let frame = self.next_frame().await?;
-            if frame.msg_ref.as_deref() != Some(join_ref.as_str()) {
-                continue;
+            if frame.msg_ref.as_deref() == Some(msg_ref) {
+                return Ok(frame);
             }
-            let Some((status, response)) = frame.as_reply() else {
-                bail!("join {topic}: expected a reply, got {}", frame.event);
-            };
-            if status != "ok" {
-                bail!("join {topic} refused: {}", Value::Object(response.clone()));
-            }
-            return Ok(response.clone());
         }
+    }
+
+    /// Closes the websocket as a browser does: a close frame, then reading
+    /// until the server's close (at most `CLOSE_WAIT`).
+    pub async fn close(mut self) -> Result<()> {
+        self.ws
+            .close(None)
+            .await
+            .context("cannot send a close frame")?;
+        let drained = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        });
+        drained
+            .await
+            .with_context(|| format!("the server did not close within {CLOSE_WAIT:?}"))
     }
 
     /// Joins `topic` and returns the peer id the server assigned.
     pub async fn join_for_id(&mut self, topic: &str) -> Result<String> {
         let response = self.join(topic).await?;
-        response
-            .get("peer_id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .with_context(|| format!("join {topic}: reply without a peer_id"))
+        peer_id(&response, topic)
     }
 
     /// The next frame the server sends.
@@ -164,6 +284,32 @@ impl Phoenix {
         let text = next_text(&mut self.ws).await?;
         Frame::parse(&text).with_context(|| format!("server sent an invalid frame: {text:.80}"))
     }
+}
+
+/// The peer id a join of `topic` was answered with.
+pub fn peer_id(response: &Map<String, Value>, topic: &str) -> Result<String> {
+    response
+        .get("peer_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .with_context(|| format!("join {topic}: reply without a peer_id"))
+}
+
+/// The `reason` of an error reply's response, e.g. `rate_limited`.
+pub fn refusal_reason(response: &Map<String, Value>) -> &str {
+    response
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("no reason given")
+}
+
+/// Whether an error response refuses for a rate (per socket or per
+/// address), so that asking again later can succeed.
+pub fn is_rate_refusal(response: &Map<String, Value>) -> bool {
+    matches!(
+        refusal_reason(response),
+        "rate_limited" | "address_rate_limited" | "relay_quota"
+    )
 }
 
 /// A page of `bytes` bytes of UTF-8 text, distinct for each `seed`, and

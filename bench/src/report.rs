@@ -29,7 +29,8 @@ impl Value {
 
     fn display(&self) -> String {
         let value = self.value;
-        let number = if value.abs() >= 100.0 {
+        // Counts (sockets, cycles, gauges) read as whole numbers.
+        let number = if value.abs() >= 100.0 || (value.fract() == 0.0 && value.abs() < 1e12) {
             format!("{value:.0}")
         } else if value.abs() >= 10.0 {
             format!("{value:.1}")
@@ -253,5 +254,12 @@ mod tests {
         let table = markdown(&[lower, higher]);
         assert!(table.contains("10.0× better"));
         assert!(table.contains("4.0× worse"));
+    }
+
+    #[test]
+    fn counts_read_as_whole_numbers() {
+        assert_eq!(Value::new(3.0, "sockets").display(), "3 sockets");
+        assert_eq!(Value::new(0.0, "pages").display(), "0 pages");
+        assert_eq!(Value::new(2.5, "ms").display(), "2.50 ms");
     }
 }
