@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use ephemeral_shared::frame::event;
 use ephemeral_shared::host::{HostAction, Uploads, fits_relay};
+use ephemeral_shared::path::Path;
 use ephemeral_shared::protocol::{
-    Content, ContentUnavailable, ContentUnavailableFrom, HostRequest, IceServer, JoinReply,
-    NO_HOSTS, Reason, RequestRouted, SignalBody, SignalFrom, SignalTo, VisitorsCount,
+    Content, ContentUnavailable, ContentUnavailableFrom, HostRequest, IceServer, JoinPayload,
+    JoinReply, NO_HOSTS, Reason, RequestRouted, SignalBody, SignalFrom, SignalTo, VisitorsCount,
 };
 use ephemeral_shared::size::compared;
 use ephemeral_shared::{
@@ -106,6 +107,8 @@ struct State {
     /// The verified page; once set, this tab hosts it.
     page: Option<Rc<[u8]>>,
     delivery: Option<Delivery>,
+    /// Which way the page came, said on the next join of `have:`.
+    path: Option<Path>,
     /// Why the page could not be had, as a sentence for the status line.
     failure: Option<String>,
     uploads: Uploads,
@@ -174,6 +177,7 @@ impl App {
                 early_signals: Vec::new(),
                 page: None,
                 delivery: None,
+                path: None,
                 failure: None,
                 uploads: Uploads::new(MAX_UPLOADS, settings.webrtc),
                 upload_links: HashMap::new(),
@@ -352,7 +356,15 @@ impl App {
         let (Some(topic), Some(socket)) = (state.topic(), self.socket()) else {
             return;
         };
-        if let Some(msg_ref) = socket.join(&topic.to_string()) {
+        // The first join of `have:` after a fetch says which way the page
+        // came, so the server can count fetches by path.
+        let payload = match (topic.role, state.path.take()) {
+            (Role::Have, Some(path)) => {
+                ephemeral_shared::frame::to_object(&JoinPayload { path: Some(path) })
+            }
+            _ => Map::new(),
+        };
+        if let Some(msg_ref) = socket.join(&topic.to_string(), payload) {
             state.pending.insert(msg_ref, Pending::Join(topic));
         }
     }
@@ -556,25 +568,50 @@ impl App {
                     page, transport, ..
                 } => {
                     self.view.show_page(&String::from_utf8_lossy(&page));
-                    state.delivery = Some(match transport {
-                        Transport::WebRtc => Delivery::WebRtc,
-                        Transport::Relay => Delivery::Relay,
-                    });
                     state.page = Some(Rc::from(page));
                     state.joined = None;
                     state.count = None;
-                    // Host before leaving want: the server frees the
-                    // serving host's slot on the leave, and the visitors it
-                    // then routes should find this tab already hosting.
-                    self.join_current(state);
-                    if let Some(socket) = self.socket() {
-                        socket.leave(&want);
-                    }
+                    let link = match transport {
+                        Transport::WebRtc => state.fetch_link.clone(),
+                        Transport::Relay => None,
+                    };
+                    let Some(link) = link else {
+                        state.delivery = Some(Delivery::Relay);
+                        state.path = Some(Path::Relay);
+                        self.host_fetched(state, &want);
+                        return;
+                    };
+                    state.delivery = Some(Delivery::WebRtc(None));
+                    // Which candidate pair carried the page takes a stats
+                    // call (a few ms); the tab hosts once it is known.
+                    let me = self.me.clone();
+                    wasm_bindgen_futures::spawn_local(async move {
+                        let path = link.path().await;
+                        with(&me, |app| {
+                            {
+                                let mut state = app.state.borrow_mut();
+                                state.delivery = Some(Delivery::WebRtc(path));
+                                state.path = path;
+                                app.host_fetched(&mut state, &want);
+                            }
+                            app.render();
+                        });
+                    });
                     return;
                 }
                 FetchAction::Gone => {}
                 FetchAction::Failed(failure) => state.failure = Some(failure_words(&failure)),
             }
+        }
+    }
+
+    /// Hosts the page just fetched, then leaves `want`: host before leaving,
+    /// because the server frees the serving host's slot on the leave, and
+    /// the visitors it then routes should find this tab already hosting.
+    fn host_fetched(&self, state: &mut State, want: &str) {
+        self.join_current(state);
+        if let Some(socket) = self.socket() {
+            socket.leave(want);
         }
     }
 

@@ -100,8 +100,8 @@ impl Socket {
         self.state.borrow().open
     }
 
-    /// Joins `topic`; returns the ref its reply will carry.
-    pub fn join(&self, topic: &str) -> Option<String> {
+    /// Joins `topic` with `payload`; returns the ref its reply will carry.
+    pub fn join(&self, topic: &str, payload: Map<String, serde_json::Value>) -> Option<String> {
         let mut state = self.state.borrow_mut();
         let join_ref = state.take_ref();
         state.joins.insert(topic.to_string(), join_ref.clone());
@@ -110,7 +110,7 @@ impl Socket {
             Some(join_ref.clone()),
             topic,
             event::JOIN,
-            Map::new(),
+            payload,
         );
         state.send(&frame).then_some(join_ref)
     }

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 use ephemeral_shared::PeerId;
+use ephemeral_shared::path::Path;
 
 use crate::Listener;
 use ephemeral_shared::protocol::{IceServer, SignalBody};
@@ -195,6 +196,56 @@ impl PeerLink {
 
     /// Whether the data channel is open (used to spare working uploads when
     /// pruning stale connections).
+    /// Which way the channel's bytes go, from the selected ICE candidate
+    /// pair in the connection's stats; `None` when the browser does not say.
+    pub async fn path(&self) -> Option<Path> {
+        let report = JsFuture::from(self.pc.get_stats()).await.ok()?;
+        // RTCStatsReport is maplike: its values() iterates every stat.
+        let values = Reflect::get(&report, &JsValue::from_str("values"))
+            .ok()?
+            .dyn_into::<js_sys::Function>()
+            .ok()?
+            .call0(&report)
+            .ok()?;
+        let stats: Vec<JsValue> = js_sys::try_iter(&values)
+            .ok()??
+            .filter_map(Result::ok)
+            .collect();
+        let text = |stat: &JsValue, key: &str| {
+            Reflect::get(stat, &JsValue::from_str(key))
+                .ok()
+                .and_then(|value| value.as_string())
+        };
+        let by_id = |id: &str| stats.iter().find(|s| text(s, "id").as_deref() == Some(id));
+        // Chromium names the pair on the transport; the spec's fallback is
+        // the nominated pair that succeeded.
+        let pair_id = stats
+            .iter()
+            .find(|s| text(s, "type").as_deref() == Some("transport"))
+            .and_then(|transport| text(transport, "selectedCandidatePairId"))
+            .or_else(|| {
+                stats
+                    .iter()
+                    .find(|s| {
+                        text(s, "type").as_deref() == Some("candidate-pair")
+                            && text(s, "state").as_deref() == Some("succeeded")
+                            && Reflect::get(s, &JsValue::from_str("nominated"))
+                                .ok()
+                                .and_then(|v| v.as_bool())
+                                == Some(true)
+                    })
+                    .and_then(|pair| text(pair, "id"))
+            })?;
+        let pair = by_id(&pair_id)?;
+        let candidate_type = |key: &str| {
+            let id = text(pair, key)?;
+            text(by_id(&id)?, "candidateType")
+        };
+        let local = candidate_type("localCandidateId")?;
+        let remote = candidate_type("remoteCandidateId")?;
+        Some(Path::of_candidate_pair(&local, &remote))
+    }
+
     pub fn is_open(&self) -> bool {
         self.channel
             .borrow()

@@ -2,6 +2,7 @@
 //! returns the page state and the words, so every wording is unit-tested
 //! natively, without a browser.
 
+use ephemeral_shared::path::Path;
 use ephemeral_shared::size::{Bytes, compared};
 use ephemeral_shared::{FetchFailure, Phase};
 
@@ -71,7 +72,10 @@ pub fn describe(situation: &Situation) -> (PageState, String) {
     }
     if situation.hosting {
         let got = match situation.delivery {
-            Some(Delivery::WebRtc) => "Verified ✓ Fetched from a peer over WebRTC. ",
+            Some(Delivery::WebRtc(Some(Path::Turn))) => {
+                "Verified ✓ Fetched from a peer over WebRTC, through TURN. "
+            }
+            Some(Delivery::WebRtc(_)) => "Verified ✓ Fetched from a peer over WebRTC. ",
             Some(Delivery::Relay) => "Verified ✓ Fetched via relay. ",
             _ => "",
         };
@@ -184,11 +188,13 @@ mod tests {
             words.contains("via relay") && words.contains("Hosting"),
             "{words}"
         );
-        let (_, words) = describe(&hosting(Delivery::WebRtc));
+        let (_, words) = describe(&hosting(Delivery::WebRtc(Some(Path::Direct))));
         assert!(
             words.contains("WebRTC") && words.contains("Verified"),
             "{words}"
         );
+        let (_, words) = describe(&hosting(Delivery::WebRtc(Some(Path::Turn))));
+        assert!(words.contains("through TURN"), "{words}");
         let (_, words) = describe(&hosting(Delivery::Author));
         assert!(words.starts_with("Hosting"), "{words}");
     }

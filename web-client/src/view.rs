@@ -9,6 +9,7 @@
 //! `#host-count[data-count]`, `#transport[data-transport]` (webrtc, relay,
 //! author), `#content`, `#progress`.
 
+use ephemeral_shared::path::Path;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{Document, HtmlElement, HtmlInputElement, HtmlProgressElement, HtmlTextAreaElement};
 
@@ -37,7 +38,8 @@ impl PageState {
 /// How this tab got the page, as `#transport[data-transport]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    WebRtc,
+    /// Peer to peer, and which way when the browser said.
+    WebRtc(Option<Path>),
     Relay,
     /// This tab wrote the page.
     Author,
@@ -119,11 +121,20 @@ impl View {
 
     pub fn set_delivery(&self, delivery: Delivery) {
         let (key, text) = match delivery {
-            Delivery::WebRtc => ("webrtc", "peer to peer (WebRTC)"),
+            Delivery::WebRtc(None) => ("webrtc", "peer to peer (WebRTC)"),
+            Delivery::WebRtc(Some(Path::Turn)) => ("webrtc", "peer to peer (WebRTC, through TURN)"),
+            Delivery::WebRtc(Some(_)) => ("webrtc", "peer to peer (WebRTC, direct)"),
             Delivery::Relay => ("relay", "via relay (through the server)"),
             Delivery::Author => ("author", "written here"),
         };
         let _ = self.transport.set_attribute("data-transport", key);
+        let path = match delivery {
+            Delivery::WebRtc(Some(path)) => path.as_str(),
+            Delivery::WebRtc(None) => "webrtc",
+            Delivery::Relay => "relay",
+            Delivery::Author => "author",
+        };
+        let _ = self.transport.set_attribute("data-path", path);
         self.transport.set_text_content(Some(text));
     }
 
