@@ -396,10 +396,14 @@ async fn get(
             stdout.flush().context("writing to stdout")?;
         }
     }
+    // `via webrtc (direct)`, `via webrtc (turn)` or `via relay`; plain
+    // `via webrtc` when WebRTC's stats did not say which.
+    let via = fetched
+        .path
+        .map_or(fetched.transport.as_str(), |path| path.describe());
     eprintln!(
-        "got {} bytes via {} in {} ms",
+        "got {} bytes via {via} in {} ms",
         fetched.page.len(),
-        fetched.transport.as_str(),
         fetched.timings.total.as_millis()
     );
     if host {

@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use ephemeral_shared::frame::event;
 use ephemeral_shared::host::{HostAction, Uploads, fits_relay};
+use ephemeral_shared::path::Path;
 use ephemeral_shared::protocol::{
     Content, ContentRequest, ContentUnavailable, ContentUnavailableFrom, HostRequest, IceServer,
-    JoinReply, NO_HOSTS, Reason, RequestRouted, SignalBody, SignalFrom, SignalTo, VisitorsCount,
+    JoinPayload, JoinReply, NO_HOSTS, Reason, RequestRouted, SignalBody, SignalFrom, SignalTo,
+    VisitorsCount,
 };
 use ephemeral_shared::{
     Fetch, FetchAction, FetchConfig, FetchFailure, Frame, PageHash, PeerId, Phase, Role, Topic,
@@ -134,6 +136,9 @@ pub struct Fetched {
     pub page: Vec<u8>,
     /// How the bytes arrived.
     pub transport: Transport,
+    /// Which way exactly: direct, through TURN, or the server's relay;
+    /// `None` when WebRTC's stats did not say.
+    pub path: Option<Path>,
     /// The host that served them, when known.
     pub host: Option<PeerId>,
     /// `content_request`s sent, the first one included.
@@ -271,6 +276,7 @@ impl Peer {
             internal,
             status: status_tx,
             served: served.clone(),
+            arrived_by: HashMap::new(),
         };
         actor.on_connected(sender);
         let task = tokio::spawn(actor.run(receiver, commands_rx, internal_rx));
@@ -391,6 +397,13 @@ enum Internal {
         to: PeerId,
         body: SignalBody,
     },
+    /// Which way a visitor session's channel carries bytes, known when it
+    /// opens; sent before the open event itself.
+    VisitorPath {
+        hash: PageHash,
+        task: u64,
+        path: Option<Path>,
+    },
     UploadDone {
         hash: PageHash,
         visitor: PeerId,
@@ -457,6 +470,8 @@ struct FetchRun {
     /// A request made while not joined, sent on join.
     unsent_request: Option<ContentRequest>,
     session: Option<(PeerId, TaskLink)>,
+    /// Which way the current session's channel goes, once open.
+    path: Option<Path>,
     requests: u32,
     routed: Option<Duration>,
     channel_open: Option<Duration>,
@@ -486,6 +501,8 @@ struct Actor {
     internal: mpsc::UnboundedSender<Internal>,
     status: watch::Sender<PeerStatus>,
     served: Arc<ServedCounters>,
+    /// Which way a fetched page came, said on its first join of `have:`.
+    arrived_by: HashMap<PageHash, Path>,
 }
 
 async fn next_frame(receiver: &mut Option<FrameReceiver>) -> Option<Frame> {
@@ -689,12 +706,23 @@ impl Actor {
             return;
         }
         let msg_ref = self.next_ref();
+        // The first join of `have:` after a fetch says which way the page
+        // came, so the server can count fetches by path.
+        let payload = match topic.role {
+            Role::Have => self
+                .arrived_by
+                .remove(&topic.hash)
+                .map_or_else(Map::new, |path| {
+                    ephemeral_shared::frame::to_object(&JoinPayload { path: Some(path) })
+                }),
+            Role::Want => Map::new(),
+        };
         let frame = Frame::new(
             Some(msg_ref.clone()),
             Some(msg_ref.clone()),
             topic.to_string(),
             event::JOIN,
-            Map::new(),
+            payload,
         );
         self.pending.insert(msg_ref, Pending::Join(topic));
         self.send_frame(&frame);
@@ -1069,6 +1097,7 @@ impl Actor {
                 requests: 0,
                 routed: None,
                 channel_open: None,
+                path: None,
             },
         );
         self.join(Topic::want(hash));
@@ -1114,10 +1143,15 @@ impl Actor {
                     transport,
                     host,
                 } => {
+                    let path = match transport {
+                        Transport::Relay => Some(Path::Relay),
+                        Transport::WebRtc => run.path,
+                    };
                     let fetched = Fetched {
                         hash,
                         page,
                         transport,
+                        path,
                         host,
                         requests: run.requests,
                         timings: FetchTimings {
@@ -1129,6 +1163,7 @@ impl Actor {
                     tracing::info!(
                         %hash,
                         transport = transport.as_str(),
+                        path = path.map_or("unknown", Path::as_str),
                         bytes = fetched.page.len(),
                         ms = fetched.timings.total.as_millis() as u64,
                         "page delivered"
@@ -1160,6 +1195,9 @@ impl Actor {
         if let Ok(fetched) = &outcome
             && run.options.host_after
         {
+            if let Some(path) = fetched.path {
+                self.arrived_by.insert(hash, path);
+            }
             self.host_page(Arc::new(fetched.page.clone()));
         }
         self.leave(Topic::want(hash));
@@ -1368,6 +1406,16 @@ impl Actor {
                 tracing::debug!(%hash, %visitor, delivered, "upload ended");
             }
             Internal::Visitor { hash, task, event } => self.on_visitor_event(hash, task, event),
+            Internal::VisitorPath { hash, task, path } => {
+                if let Some(run) = self.fetches.get_mut(&hash)
+                    && run
+                        .session
+                        .as_ref()
+                        .is_some_and(|(_, link)| link.id == task)
+                {
+                    run.path = path;
+                }
+            }
         }
     }
 
@@ -1555,6 +1603,10 @@ async fn visitor_session(
             },
             event = events.recv() => match event {
                 Some(event) => {
+                    if matches!(event, SessionEvent::Open { .. }) {
+                        let path = session.path().await;
+                        let _ = internal.send(Internal::VisitorPath { hash, task, path });
+                    }
                     let closed = matches!(event, SessionEvent::Closed { .. });
                     if internal.send(Internal::Visitor { hash, task, event }).is_err() || closed {
                         break;

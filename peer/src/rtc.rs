@@ -20,9 +20,13 @@
 //! | ICE checks every 20 ms, not 200 ms | check pacing dominated set-up | −180 ms |
 //! | host/peer-reflexive pairs accepted at once | prflx waited 1 s | no 1 s outliers |
 //! | driver nudged until the channel opens | two queued packets waited ~200 ms each | −400 ms |
+//! | relay pairs nominated after 300 ms, not 2 s | webrtc-rs waits 2 s for direct pairs | −1.7 s over TURN |
+//! | both sides nudged while relayed, for the connection's life | every relayed packet waited up to ~200 ms | DTLS→open over TURN 1.8 s → <0.3 s; 8 MiB 0.25 → 1.5–4 MB/s (debug), ~20 MB/s release |
 //!
 //! Together: a data channel opens ~30 ms after the offer (0.45–1.5 s with
-//! the defaults).
+//! the defaults); through a TURN server on loopback, both sides relay-only,
+//! in 0.1–0.3 s (3.4–3.9 s with the defaults, which missed the fetch's 5 s
+//! WebRTC deadline behind symmetric NATs).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,17 +34,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ephemeral_shared::path::Path;
 use ephemeral_shared::protocol::{IceServer, SignalBody};
 use ephemeral_shared::transfer::{MAX_MESSAGE_BYTES, TransferSender, message_size_for};
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::peer_connection::transport::{RTCDtlsRole, RTCIceCandidateType};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry,
+    SettingEngineBuilder, StatsSelector,
 };
 
 /// The label of the one data channel a session opens.
@@ -58,7 +64,8 @@ const SCTP_RECEIVE_BUFFER: u32 = 128 * 1024;
 const SEND_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// How often, and for how long at most, a connecting session nudges the
-/// webrtc-rs driver (see [`nudge_until_open`]).
+/// webrtc-rs driver (see [`nudge_driver`]); the limit does not apply to a
+/// relayed connection once open.
 const NUDGE_INTERVAL: Duration = Duration::from_millis(2);
 const NUDGE_FOR: Duration = Duration::from_secs(15);
 
@@ -81,6 +88,17 @@ pub struct RtcSettings {
     /// webrtc-rs default (5 s, then 25 s more until "failed") is far longer
     /// than a visitor should wait for a vanished host.
     pub ice_disconnected_timeout: Duration,
+    /// How long after ICE starts a pair with a TURN (relay) candidate may be
+    /// nominated. webrtc-rs waits 2 s (`DEFAULT_RELAY_ACCEPTANCE_MIN_WAIT`)
+    /// to give direct pairs a chance; behind symmetric NATs there are none,
+    /// and those 2 s are most of the fetch's 5 s WebRTC budget. A short wait
+    /// still lets a direct pair that answers promptly win over the relay.
+    /// Ignored with [`turn_only`](Self::turn_only): nothing to wait for.
+    pub ice_relay_min_wait: Duration,
+    /// Gather and use relay (TURN) candidates only, like the W3C
+    /// `iceTransportPolicy: "relay"`: the remote never learns our
+    /// addresses. Not to be confused with the server's websocket relay.
+    pub turn_only: bool,
 }
 
 impl Default for RtcSettings {
@@ -91,6 +109,8 @@ impl Default for RtcSettings {
             ice_check_interval: Duration::from_millis(20),
             ice_max_binding_requests: 100,
             ice_disconnected_timeout: Duration::from_secs(4),
+            ice_relay_min_wait: Duration::from_millis(300),
+            turn_only: false,
         }
     }
 }
@@ -148,8 +168,14 @@ struct Shared {
     /// The remote's largest message, from its SDP; set before the channel
     /// can open.
     message_size: AtomicUsize,
-    /// Set once the channel opened (or closed): set-up nudging stops.
+    /// Set once the channel opened (or closed): set-up nudging stops unless
+    /// the connection is relayed (see [`nudge_driver`]).
     settled: AtomicBool,
+    /// Set once the channel closed: all nudging stops.
+    closed: AtomicBool,
+    /// Whether the answering side nudges its driver too: only when a TURN
+    /// server may put a relay candidate into the selected pair.
+    nudge_answerer: bool,
     /// Local candidates wait here until our description has been sent: a
     /// candidate that overtakes the offer or answer is an error in browsers.
     candidates: Mutex<CandidateGate>,
@@ -212,8 +238,8 @@ impl Session {
             .create_data_channel(CHANNEL_LABEL, Some(init))
             .await?;
         let _ = session.shared.channel.set(channel.clone());
-        tokio::spawn(drain(channel.clone(), session.shared.clone()));
-        tokio::spawn(nudge_until_open(channel, session.shared.clone()));
+        tokio::spawn(drain(channel, session.shared.clone()));
+        tokio::spawn(nudge_driver(session.pc.clone(), session.shared.clone()));
         let offer = session.pc.create_offer(None).await?;
         let sdp = offer.sdp.clone();
         session.pc.set_local_description(offer).await?;
@@ -240,6 +266,8 @@ impl Session {
             channel: OnceLock::new(),
             message_size: AtomicUsize::new(MAX_MESSAGE_BYTES),
             settled: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            nudge_answerer: role == Role::Answerer && has_turn_server(&settings.ice_servers),
             candidates: Mutex::new(CandidateGate::default()),
         });
         let engine = SettingEngineBuilder::new()
@@ -261,6 +289,13 @@ impl Session {
             // at once: for one short transfer, sooner beats marginally better.
             .with_host_acceptance_min_wait(Some(Duration::ZERO))
             .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+            // See `RtcSettings::ice_relay_min_wait`: the 2 s default alone
+            // made TURN set-ups miss the fetch's WebRTC deadline.
+            .with_relay_acceptance_min_wait(Some(if settings.turn_only {
+                Duration::ZERO
+            } else {
+                settings.ice_relay_min_wait
+            }))
             // Browsers hide host addresses behind `.local` names; resolving
             // them needs a multicast socket per connection. We drop them and
             // let the browser reach our address instead (peer reflexive).
@@ -268,7 +303,7 @@ impl Session {
             .with_include_loopback_candidate(settings.bind.is_loopback())
             // The answerer (visitor) takes the DTLS server role, so the
             // offerer, which created the channel, is the DTLS and SCTP
-            // client: the side whose stalled queues `nudge_until_open`
+            // client: the side whose stalled queues `nudge_driver`
             // flushes is then the side holding the channel to nudge with.
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .build();
@@ -281,9 +316,11 @@ impl Session {
                 credential: server.credential.clone().unwrap_or_default(),
             })
             .collect();
-        let configuration = RTCConfigurationBuilder::new()
-            .with_ice_servers(ice_servers)
-            .build();
+        let mut configuration = RTCConfigurationBuilder::new().with_ice_servers(ice_servers);
+        if settings.turn_only {
+            configuration = configuration.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
+        }
+        let configuration = configuration.build();
         let handler = Arc::new(Handler {
             shared: shared.clone(),
         });
@@ -338,6 +375,12 @@ impl Session {
     }
 
     /// Closes the connection and waits for webrtc-rs to let go of it.
+    /// Which way this connection's bytes go (direct or through TURN), once
+    /// ICE selected a candidate pair.
+    pub async fn path(&self) -> Option<Path> {
+        selected_path(self.pc.as_ref()).await
+    }
+
     pub async fn close(&self) {
         self.signaling.abort();
         if let Err(error) = self.pc.close().await {
@@ -432,28 +475,157 @@ async fn drain(channel: Arc<dyn DataChannel>, shared: Arc<Shared>) {
             _ => {}
         }
     }
+    shared.closed.store(true, Ordering::Release);
     shared.settled.store(true, Ordering::Release);
     shared.emit(SessionEvent::Closed {
         reason: "data channel closed".into(),
     });
 }
 
-/// Pokes the connection's driver every [`NUDGE_INTERVAL`] until the
-/// channel opens. webrtc-rs 0.21 queues the SCTP INIT (after DTLS) and the
-/// DCEP open (after SCTP) from inside its event handling without waking its
-/// own loop, so each waits for the next timer, ~200 ms apiece: 0.4–1.5 s per
-/// connection on loopback. Any call that touches the channel wakes the
-/// driver, which then flushes both at once; measured set-up fell to ~35 ms.
-async fn nudge_until_open(channel: Arc<dyn DataChannel>, shared: Arc<Shared>) {
+/// Pokes the connection's driver every [`NUDGE_INTERVAL`] while packets
+/// would otherwise sit in its queues: until the channel opens, and for the
+/// connection's whole life when our end of the selected pair is a TURN
+/// relay.
+///
+/// webrtc-rs 0.21 queues the SCTP INIT (after DTLS) and the DCEP open (after
+/// SCTP) from inside its event handling without waking its own loop, so each
+/// waits for the next timer, ~200 ms apiece: 0.4–1.5 s per connection on
+/// loopback. Any call that touches the channel wakes the driver, which then
+/// flushes both at once; measured set-up fell to ~35 ms.
+///
+/// Over TURN it is worse, on both sides and for every packet (upstream:
+/// webrtc 0.21.1 `src/peer_connection/driver.rs`). `poll_writes` flushes the
+/// TURN relayer (step "1.b") *before* it drains the core (1.c), whose
+/// relayed packets `handle_write` merely queues in the TURN client; and
+/// relayed input reaches the core only in `poll_reads` (3.a), after that
+/// iteration's writes. Nothing re-wakes the loop for either, so each
+/// relayed packet waits for one or two more wake-ups, ~200 ms apiece (the
+/// ICE agent's connected-state tick) when nothing else happens: DTLS, SCTP
+/// and the channel open took 1.8 s through coturn on loopback, and an
+/// 8 MiB page crawled at 0.25 MB/s, the receiver's SACKs waiting out the
+/// ticks. Nudged, the same set-up takes 0.1–0.3 s and the page moves at
+/// ~20 MB/s (release). The 0.3 s cases, about one in three, are a stall no
+/// nudge reaches: rtc 0.21.1 (`src/peer_connection/handler/dtls.rs`,
+/// `handle_event`) queues the DTLS ClientHello when ICE selects a pair but
+/// hands it out only from `handle_timeout`; when the relayed nomination
+/// answer lands in the same driver iteration as an ICE tick, the next
+/// timeout is the 200 ms connected-state tick.
+///
+/// The offerer wakes the driver through its channel. The answerer has no
+/// channel before it is open, so until then it re-applies its own
+/// configuration, the one public call that wakes the driver without
+/// changing anything (the pending ICE configuration it leaves behind is
+/// the one in force). Only answerers that may be relayed nudge at all.
+async fn nudge_driver(pc: Arc<dyn PeerConnection>, shared: Arc<Shared>) {
+    let configuration = pc.get_configuration().await;
     let started = tokio::time::Instant::now();
-    while !shared.settled.load(Ordering::Acquire) && started.elapsed() < NUDGE_FOR {
+    let mut relay_checked = false;
+    loop {
         tokio::time::sleep(NUDGE_INTERVAL).await;
-        // Re-setting the default low-water mark changes nothing but wakes
-        // the driver; an error means the connection is gone.
-        if channel.set_buffered_amount_low_threshold(0).await.is_err() {
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if shared.settled.load(Ordering::Acquire) {
+            if !relay_checked {
+                relay_checked = true;
+                let relayed = local_end_is_relayed(&*pc).await;
+                tracing::debug!(relayed, "channel open; nudging on if relayed");
+                if !relayed {
+                    return;
+                }
+            }
+        } else if started.elapsed() >= NUDGE_FOR {
+            return;
+        }
+        // Re-setting the default low-water mark (or the configuration)
+        // changes nothing but wakes the driver; an error means the
+        // connection is gone.
+        let woken = match shared.channel.get() {
+            Some(channel) => channel.set_buffered_amount_low_threshold(0).await,
+            None => pc.set_configuration(configuration.clone()).await,
+        };
+        if woken.is_err() {
             return;
         }
     }
+}
+
+/// Whether our end of the selected candidate pair is a TURN relay, so that
+/// everything we send goes through webrtc-rs's TURN client.
+async fn local_end_is_relayed(pc: &dyn PeerConnection) -> bool {
+    let report = pc
+        .get_stats(std::time::Instant::now(), StatsSelector::None)
+        .await;
+    let Some(transport) = report.transport() else {
+        return false;
+    };
+    let Some(RTCStatsReportEntry::IceCandidatePair(pair)) =
+        report.get(&transport.selected_candidate_pair_id)
+    else {
+        return false;
+    };
+    // rtc 0.21 names the candidate `candidate:…` in the pair but
+    // `RTCLocalIceCandidate_candidate:…` in its own entry.
+    report.iter().any(|entry| {
+        matches!(
+            entry,
+            RTCStatsReportEntry::LocalCandidate(local)
+                if local.stats.id.ends_with(pair.local_candidate_id.as_str())
+                    && local.candidate_type == RTCIceCandidateType::Relay
+        )
+    })
+}
+
+/// Which way the connection's bytes go, from the types of the selected
+/// candidate pair's two ends; `None` before ICE selected a pair.
+async fn selected_path(pc: &dyn PeerConnection) -> Option<Path> {
+    let report = pc
+        .get_stats(std::time::Instant::now(), StatsSelector::None)
+        .await;
+    let transport = report.transport()?;
+    let Some(RTCStatsReportEntry::IceCandidatePair(pair)) =
+        report.get(&transport.selected_candidate_pair_id)
+    else {
+        return None;
+    };
+    // As in `local_end_is_relayed`: entries are named with a prefix the
+    // pair's ids lack.
+    let mut local = None;
+    let mut remote = None;
+    for entry in report.iter() {
+        match entry {
+            RTCStatsReportEntry::LocalCandidate(candidate)
+                if candidate
+                    .stats
+                    .id
+                    .ends_with(pair.local_candidate_id.as_str()) =>
+            {
+                local = Some(candidate.candidate_type.to_string());
+            }
+            RTCStatsReportEntry::RemoteCandidate(candidate)
+                if candidate
+                    .stats
+                    .id
+                    .ends_with(pair.remote_candidate_id.as_str()) =>
+            {
+                remote = Some(candidate.candidate_type.to_string());
+            }
+            _ => {}
+        }
+    }
+    // A remote end that is not among the remote candidates was learned from
+    // a connectivity check: peer reflexive.
+    let remote = remote.unwrap_or_else(|| "prflx".to_string());
+    Some(Path::of_candidate_pair(&local?, &remote))
+}
+
+/// Whether any of `servers` is a TURN server, which may give ICE a relayed
+/// candidate pair.
+fn has_turn_server(servers: &[IceServer]) -> bool {
+    servers
+        .iter()
+        .flat_map(|server| &server.urls)
+        .any(|url| url.starts_with("turn:") || url.starts_with("turns:"))
 }
 
 /// Applies remote signals one at a time, in arrival order. Candidates that
@@ -470,7 +642,11 @@ async fn apply_signals(
         let outcome = match body {
             SignalBody::Offer { sdp } if role == Role::Answerer && !remote_set => {
                 remote_set = true;
-                accept_offer(&*pc, sdp, &shared).await
+                let accepted = accept_offer(&*pc, sdp, &shared).await;
+                if accepted.is_ok() && shared.nudge_answerer {
+                    tokio::spawn(nudge_driver(pc.clone(), shared.clone()));
+                }
+                accepted
             }
             SignalBody::Answer { sdp } if role == Role::Offerer && !remote_set => {
                 remote_set = true;

@@ -3,5 +3,8 @@
 //! real server) and `tests/browser/` (headless Chromium).
 //!
 //! - [`chromium`]: ChromeDriver and headless Chromium sessions.
+//! - [`natlab`]: network namespaces and NAT routers standing in for the
+//!   internet (`tests/natlab.rs`, and the NAT benchmark).
 
 pub mod chromium;
+pub mod natlab;

@@ -7,8 +7,8 @@
 //!   embeds `static/`.
 //! - `run`: `build`, then the release server on http://localhost:4000
 //!   (extra arguments go to the server).
-//! - `test`: installs the wasm target and Chromium + ChromeDriver when
-//!   missing, builds the wasm client, then `cargo test --workspace`, then
+//! - `test`: installs the wasm target, Chromium + ChromeDriver, and ip +
+//!   iptables (for the NAT lab) when missing, builds the wasm client, then `cargo test --workspace`, then
 //!   a few seconds of fuzzing per fuzz target (smoke).
 //! - `bench`: the benchmark suite, release build (`--quick` for a few
 //!   minutes; other arguments go to `ephemeral-bench`).
@@ -176,21 +176,31 @@ fn ensure_wasm_target() -> Result<()> {
 /// Chromium and ChromeDriver for the browser tests, from the system's
 /// packages.
 fn ensure_browser() -> Result<()> {
-    let present = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+    // Chromium for the browser tests; ip and iptables for the NAT lab.
+    let wanted = [
+        ("/usr/bin/chromium", "chromium"),
+        ("/usr/bin/chromedriver", "chromium-driver"),
+        ("/usr/sbin/ip", "iproute2"),
+        ("/usr/sbin/iptables", "iptables"),
+    ];
+    let missing: Vec<&str> = wanted
         .iter()
-        .all(|path| Path::new(path).exists());
-    if present {
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    step("installing Chromium and ChromeDriver (apt-get)");
+    step(&format!("installing {} (apt-get)", missing.join(", ")));
     let mut update = Command::new("apt-get");
     update.args(["update", "-qq"]);
-    check(&mut update).context("apt-get update failed (the browser tests need Chromium)")?;
+    check(&mut update).context("apt-get update failed (the tests need these packages)")?;
     let mut install = Command::new("apt-get");
     install
-        .args(["install", "-y", "-qq", "chromium", "chromium-driver"])
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    check(&mut install).context("installing chromium and chromium-driver failed")
+    check(&mut install).with_context(|| format!("installing {} failed", missing.join(", ")))
 }
 
 /// wasm-opt from the npm package, installed under `target/` on first use.

@@ -7,9 +7,11 @@
 //! - [`failures`]: bad hosts, vanishing hosts, relay-only, gone, server
 //!   restarts.
 //! - [`cli`]: the `ephemeral-peer` binary end to end.
+//! - [`turn`]: relay-only peers through the server's built-in TURN.
 
 mod cli;
 mod failures;
 mod fake_host;
 mod harness;
 mod transfer;
+mod turn;
