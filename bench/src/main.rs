@@ -25,6 +25,7 @@
 //!   bound its caps imply.
 //! - [`churn`]: 9, a soak of connect/join/leave/disconnect cycles: memory
 //!   and gauges before and after.
+//! - [`nat`]: 10, time to content across the NAT lab: direct, TURN, relay.
 //! - [`children`]: the servers under test, each its own process.
 //! - [`phoenix`]: the load generator's websocket and Phoenix clients.
 //! - [`report`]: rows, percentiles, the table and the JSON.
@@ -35,6 +36,7 @@ mod churn;
 mod client_size;
 mod flood;
 mod memory;
+mod nat;
 mod peers;
 mod phoenix;
 mod report;
@@ -85,6 +87,8 @@ enum Bench {
     Stalled,
     /// 9. Churn soak: memory and gauges after many short-lived clients.
     Churn,
+    /// 10. Time to content across NATs: direct, TURN, websocket relay.
+    Nat,
 }
 
 /// What this binary is when the harness re-executes it as a server.
@@ -218,6 +222,12 @@ async fn bench(quick: bool, only: &[Bench]) -> Result<()> {
     }
     if wanted(Bench::Churn) {
         record("9. Churn soak", churn::run(&churn::Plan::new(quick)).await);
+    }
+    if wanted(Bench::Nat) {
+        record(
+            "10. Time to content across NATs",
+            nat::run(&nat::Samples::new(quick), &workspace).await,
+        );
     }
 
     let table = report::markdown(&rows);

@@ -109,6 +109,8 @@ struct State {
     delivery: Option<Delivery>,
     /// Which way the page came, said on the next join of `have:`.
     path: Option<Path>,
+    /// Which way the fetch's open data channel goes.
+    rtc_path: Option<Path>,
     /// Why the page could not be had, as a sentence for the status line.
     failure: Option<String>,
     uploads: Uploads,
@@ -178,6 +180,7 @@ impl App {
                 page: None,
                 delivery: None,
                 path: None,
+                rtc_path: None,
                 failure: None,
                 uploads: Uploads::new(MAX_UPLOADS, settings.webrtc),
                 upload_links: HashMap::new(),
@@ -571,38 +574,36 @@ impl App {
                     state.page = Some(Rc::from(page));
                     state.joined = None;
                     state.count = None;
-                    let link = match transport {
-                        Transport::WebRtc => state.fetch_link.clone(),
-                        Transport::Relay => None,
+                    let (delivery, path) = match transport {
+                        Transport::Relay => (Delivery::Relay, Some(Path::Relay)),
+                        // Known once the channel opened (see `on_fetch_event`);
+                        // a tiny page can beat the stats call.
+                        Transport::WebRtc => (Delivery::WebRtc(state.rtc_path), state.rtc_path),
                     };
-                    let Some(link) = link else {
-                        state.delivery = Some(Delivery::Relay);
-                        state.path = Some(Path::Relay);
-                        self.host_fetched(state, &want);
-                        return;
-                    };
-                    state.delivery = Some(Delivery::WebRtc(None));
-                    // Which candidate pair carried the page takes a stats
-                    // call (a few ms); the tab hosts once it is known.
-                    let me = self.me.clone();
-                    wasm_bindgen_futures::spawn_local(async move {
-                        let path = link.path().await;
-                        with(&me, |app| {
-                            {
-                                let mut state = app.state.borrow_mut();
-                                state.delivery = Some(Delivery::WebRtc(path));
-                                state.path = path;
-                                app.host_fetched(&mut state, &want);
-                            }
-                            app.render();
-                        });
-                    });
+                    state.delivery = Some(delivery);
+                    state.path = path;
+                    self.host_fetched(state, &want);
                     return;
                 }
                 FetchAction::Gone => {}
                 FetchAction::Failed(failure) => state.failure = Some(failure_words(&failure)),
             }
         }
+    }
+
+    /// The path of the connection to `host` is known.
+    fn on_rtc_path(&self, host: PeerId, path: Option<Path>) {
+        {
+            let mut state = self.state.borrow_mut();
+            let current = state.fetch_link.as_ref().is_some_and(|l| l.peer == host);
+            match state.delivery {
+                // Delivered before the stats came back: show it now.
+                Some(Delivery::WebRtc(None)) => state.delivery = Some(Delivery::WebRtc(path)),
+                _ if current => state.rtc_path = path,
+                _ => {}
+            }
+        }
+        self.render();
     }
 
     /// Hosts the page just fetched, then leaves `want`: host before leaving,
@@ -827,6 +828,17 @@ impl App {
             RtcEvent::Open => {
                 if let Some(fetch) = state.fetch.as_mut() {
                     fetch.on_channel_open(now);
+                }
+                state.rtc_path = None;
+                // Which way the channel goes takes a stats call; the fetch
+                // closes the connection once the page is verified, so ask
+                // now, while it is open.
+                if let Some(link) = state.fetch_link.clone() {
+                    let me = self.me.clone();
+                    wasm_bindgen_futures::spawn_local(async move {
+                        let path = link.path().await;
+                        with(&me, |app| app.on_rtc_path(link.peer, path));
+                    });
                 }
             }
             RtcEvent::Text(text) => {
