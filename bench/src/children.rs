@@ -43,6 +43,8 @@ const SCRAPE_MAX_BYTES: u64 = 1024 * 1024;
 pub const NO_PER_ADDRESS_LIMITS: &[&str] = &[
     "--max-connections-per-address",
     "100000",
+    "--connections-per-second-per-address",
+    "1000000",
     "--messages-per-second-per-address",
     "1000000",
     "--joins-per-second-per-address",

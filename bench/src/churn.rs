@@ -149,7 +149,9 @@ pub async fn run(plan: &Plan) -> Result<Vec<Row>> {
     // The server's defaults: the per-address limits are part of what a
     // deployed server runs with, and the cycles are spread and paced to
     // stay under them.
-    let server = children::signal_server(&[]).await?;
+    // Each cycle is a new connection, 40 a second per address: over the
+    // default new-connection rate (20), which is about reconnect floods.
+    let server = children::signal_server(&["--connections-per-second-per-address", "100"]).await?;
     let endpoint = Endpoint::phoenix(server.addr);
     let pacer = Pacer::new();
     eprintln!(

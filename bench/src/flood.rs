@@ -1,6 +1,6 @@
 //! Benchmark 7, flood from one address: does one abusive address slow
 //! everyone else down? 100 normal clients (50 pages, one host and one
-//! visitor each, all from 127.0.0.1) negotiate at a steady pace — each
+//! visitor each, from 127.0.1.x) negotiate at a steady pace — each
 //! visitor sends an `offer` signal to its host, the host answers, and the
 //! visitor times the round trip through the server — first with nothing
 //! else going on (the baseline), then while 1,000 websocket sockets from
@@ -46,8 +46,12 @@ use crate::report::{Better, Percentiles, Row, Value as Measure};
 use crate::signaling::answer_offers;
 
 const BENCHMARK: &str = "7. Flood from one address";
-/// Where the normal clients connect from.
-const NORMAL_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+/// Where the normal clients connect from: each page's host and visitor
+/// from an address of their own (127.0.1.1 …), as 50 households would,
+/// so that no per-address limit falls on them.
+fn normal_source(page: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 1, (page % 250) as u8 + 1)
+}
 /// Where every flood socket connects from, so that the server's
 /// per-address limits fall on the flooder and not on the normal clients.
 const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -57,9 +61,9 @@ const FLOOD_SOCKETS: usize = 1000;
 const PAGES: usize = 50;
 /// A visitor sends its next offer this long after its last one. 50
 /// visitors at 5 offers/s and their hosts' answers are 500 messages/s
-/// (~350 KB/s) from 127.0.0.1, half the server's default per-address
-/// message rate, so the normal clients stay clear of their own address's
-/// limits and any slowdown is the flood's doing.
+/// (~350 KB/s) over 50 addresses, far below the server's default
+/// per-address rates, so the normal clients stay clear of their own
+/// addresses' limits and any slowdown is the flood's doing.
 const OFFER_EVERY: Duration = Duration::from_millis(200);
 /// An offer not answered within this is counted as lost.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -181,7 +185,7 @@ pub async fn run(plan: &Plan) -> Result<Vec<Row>> {
     let server = children::signal_server(&[]).await?;
     let endpoint = Endpoint::phoenix(server.addr);
     eprintln!(
-        "bench: flood: {} normal clients from {NORMAL_SOURCE}, then {FLOOD_SOCKETS} flood sockets from {FLOOD_SOURCE}",
+        "bench: flood: {} normal clients from 127.0.1.x, then {FLOOD_SOCKETS} flood sockets from {FLOOD_SOURCE}",
         2 * PAGES
     );
     let sdp: Arc<str> = phoenix::sdp().into();
@@ -191,10 +195,10 @@ pub async fn run(plan: &Plan) -> Result<Vec<Row>> {
         let hash = PageHash::of(format!("flood bench page {page}").as_bytes());
         let have = Topic::have(hash).to_string();
         let want = Topic::want(hash).to_string();
-        let mut host = Phoenix::connect(&endpoint, NORMAL_SOURCE).await?;
+        let mut host = Phoenix::connect(&endpoint, normal_source(page)).await?;
         let response = host.join_patiently(&have, setup_deadline).await?;
         let host_id = phoenix::peer_id(&response, &have)?;
-        let mut visitor = Phoenix::connect(&endpoint, NORMAL_SOURCE).await?;
+        let mut visitor = Phoenix::connect(&endpoint, normal_source(page)).await?;
         visitor.join_patiently(&want, setup_deadline).await?;
         pairs.push((host, have, visitor, want, host_id));
     }

@@ -184,6 +184,9 @@ impl fmt::Display for AddressKey {
 #[derive(Debug, Clone)]
 pub struct AddressLimits {
     pub connections: usize,
+    /// New TCP connections per second: reconnecting in a loop costs the
+    /// server an HTTP parse and an upgrade each time.
+    pub connections_per_second: u32,
     pub messages_per_second: u32,
     pub bytes_per_second: u64,
     pub joins_per_second: u32,
@@ -214,10 +217,15 @@ pub struct Address {
     websockets: AtomicUsize,
     buckets: Mutex<Buckets>,
     epoch: Instant,
+    /// When it last held or opened anything: an address is kept a little
+    /// after its last connection closes, or connecting and closing in a
+    /// loop would start each time from a full bucket.
+    last_active: Mutex<Instant>,
 }
 
 #[derive(Debug)]
 struct Buckets {
+    connects: RateLimiter,
     messages: RateLimiter,
     bytes: RateLimiter,
     joins: RateLimiter,
@@ -235,13 +243,33 @@ impl Address {
             http: AtomicUsize::new(0),
             websockets: AtomicUsize::new(0),
             buckets: Mutex::new(Buckets {
+                connects: per_second(u64::from(limits.connections_per_second), 1),
                 messages: per_second(u64::from(limits.messages_per_second), 1),
                 bytes: per_second(limits.bytes_per_second, 2 * limits.largest_message),
                 joins: per_second(u64::from(limits.joins_per_second), 1),
                 relay_bytes: per_second(limits.relay_bytes_per_second, 2 * limits.largest_page),
             }),
             epoch: Instant::now(),
+            last_active: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Spends one new connection.
+    fn admit_connect(&self) -> bool {
+        let now = self.epoch.elapsed();
+        self.buckets().connects.allow(now)
+    }
+
+    fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn idle_since(&self) -> Instant {
+        *self.last_active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn holds_nothing(&self) -> bool {
+        self.http.load(Ordering::Relaxed) == 0 && self.websockets.load(Ordering::Relaxed) == 0
     }
 
     pub fn key(&self) -> AddressKey {
@@ -310,31 +338,36 @@ impl Addresses {
     /// Counts one more connection of `kind` for `ip`; `None` when the
     /// address already holds its limit. `capped: false` counts without the
     /// cap (a trusted proxy's own TCP connections carry many clients).
-    pub fn hold(self: &Arc<Self>, ip: IpAddr, kind: Kind, capped: bool) -> Option<Hold> {
+    pub fn hold(&self, ip: IpAddr, kind: Kind, capped: bool) -> Option<Hold> {
         let key = AddressKey::of(ip);
         let mut map = self.map();
         let address = map
             .entry(key)
             .or_insert_with(|| Arc::new(Address::new(key, &self.limits)))
             .clone();
+        address.touch();
         let counter = address.counter(kind);
         if capped && counter.load(Ordering::Relaxed) >= self.limits.connections {
-            if address.http.load(Ordering::Relaxed) == 0
-                && address.websockets.load(Ordering::Relaxed) == 0
-            {
-                map.remove(&key);
-            }
+            return None;
+        }
+        if capped && kind == Kind::Http && !address.admit_connect() {
             return None;
         }
         counter.fetch_add(1, Ordering::Relaxed);
-        Some(Hold {
-            table: self.clone(),
-            address,
-            kind,
-        })
+        if map.len() > SWEEP_ABOVE {
+            sweep(&mut map, Instant::now());
+        }
+        Some(Hold { address, kind })
     }
 
-    /// Addresses with a connection open now.
+    /// Forgets addresses that hold nothing and were idle long enough for
+    /// their buckets to be full again.
+    pub fn sweep(&self, now: Instant) {
+        sweep(&mut self.map(), now);
+    }
+
+    /// Addresses known now: those with a connection open, and those that
+    /// had one within the last few seconds.
     pub fn len(&self) -> usize {
         self.map().len()
     }
@@ -344,11 +377,10 @@ impl Addresses {
     }
 }
 
-/// One connection counted against its address; dropping it uncounts it,
-/// and forgets the address once it holds nothing.
+/// One connection counted against its address; dropping it uncounts it
+/// (the address is forgotten a few seconds later, see [`Addresses::sweep`]).
 #[derive(Debug)]
 pub struct Hold {
-    table: Arc<Addresses>,
     address: Arc<Address>,
     kind: Kind,
 }
@@ -361,16 +393,22 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        let mut map = self.table.map();
         self.address
             .counter(self.kind)
             .fetch_sub(1, Ordering::Relaxed);
-        if self.address.http.load(Ordering::Relaxed) == 0
-            && self.address.websockets.load(Ordering::Relaxed) == 0
-        {
-            map.remove(&self.address.key);
-        }
+        self.address.touch();
     }
+}
+
+/// The map is swept on insert once it holds more addresses than this, so
+/// memory stays bounded by the addresses active in the last few seconds.
+const SWEEP_ABOVE: usize = 1024;
+
+fn sweep(map: &mut HashMap<AddressKey, Arc<Address>>, now: Instant) {
+    let idle_for = std::time::Duration::from_secs(BURST_SECONDS);
+    map.retain(|_, address| {
+        !address.holds_nothing() || now.saturating_duration_since(address.idle_since()) < idle_for
+    });
 }
 
 #[cfg(test)]
@@ -385,6 +423,7 @@ mod tests {
     fn limits(connections: usize) -> AddressLimits {
         AddressLimits {
             connections,
+            connections_per_second: 1000,
             messages_per_second: 10,
             bytes_per_second: 1000,
             joins_per_second: 1,
@@ -470,7 +509,32 @@ mod tests {
         let http = table.hold(a, Kind::Http, true).unwrap();
         assert!(table.hold(a, Kind::Websocket, false).is_some(), "uncapped");
         drop((first, second, http));
-        assert!(table.is_empty(), "nothing held, nothing kept");
+        table.sweep(Instant::now());
+        assert!(
+            !table.is_empty(),
+            "kept a few seconds after its last connection"
+        );
+        table.sweep(Instant::now() + std::time::Duration::from_secs(BURST_SECONDS));
+        assert!(table.is_empty(), "then forgotten");
+    }
+
+    #[test]
+    fn reconnecting_in_a_loop_is_refused_past_the_connection_rate() {
+        let table = Addresses::new(AddressLimits {
+            connections_per_second: 5,
+            ..limits(100)
+        });
+        let address = ip("127.0.0.9");
+        // A burst of four seconds' worth, one at a time, each closed at once.
+        let opened = (0..50)
+            .filter(|_| table.hold(address, Kind::Http, true).is_some())
+            .count();
+        assert_eq!(opened, 20);
+        assert!(table.hold(ip("127.0.0.10"), Kind::Http, true).is_some());
+        assert!(
+            table.hold(address, Kind::Http, false).is_some(),
+            "a trusted proxy is not rate-limited"
+        );
     }
 
     #[test]

@@ -101,6 +101,16 @@ pub struct Config {
     )]
     pub max_connections_per_address: usize,
 
+    /// New TCP connections per second from one address (bursts of four
+    /// seconds' worth): reconnecting in a loop is refused at accept, before
+    /// any HTTP is parsed.
+    #[arg(
+        long,
+        env = "EPHEMERAL_CONNECTIONS_PER_SECOND_PER_ADDRESS",
+        default_value_t = 20
+    )]
+    pub connections_per_second_per_address: u32,
+
     /// Websocket messages per second from one address, over all its
     /// sockets (bursts of four seconds' worth).
     #[arg(
@@ -294,6 +304,7 @@ impl Default for Config {
             max_signal_bytes: 64 * 1024,
             max_control_bytes: 8 * 1024,
             max_connections_per_address: 256,
+            connections_per_second_per_address: 20,
             messages_per_second_per_address: 1000,
             bytes_per_second_per_address: 8 * MIB,
             joins_per_second_per_address: 50,

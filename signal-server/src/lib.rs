@@ -160,6 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     };
     let addresses = Addresses::new(AddressLimits {
         connections: config.max_connections_per_address,
+        connections_per_second: config.connections_per_second_per_address,
         messages_per_second: config.messages_per_second_per_address,
         bytes_per_second: config.bytes_per_second_per_address as u64,
         joins_per_second: config.joins_per_second_per_address,

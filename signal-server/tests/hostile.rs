@@ -232,6 +232,33 @@ async fn slow_silent_and_idle_http_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn reconnecting_in_a_loop_is_cut_off_at_accept() {
+    let config = Config {
+        connections_per_second_per_address: 5,
+        ..Config::default()
+    };
+    let server = server(config).await;
+    // Four seconds' worth (20) come through, one at a time; then none.
+    let mut accepted = 0;
+    for _ in 0..40 {
+        let mut tcp = tcp_from(&server, "127.0.0.2", None).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            accepted += 1;
+        }
+    }
+    assert!((20..=22).contains(&accepted), "{accepted} of 40 accepted");
+    assert!(server.metrics().rejected(Reason::TooManyFromAddress) >= 18);
+    // Another address is served.
+    let (status, _, _) = http_get(&server, "/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn one_address_cannot_hold_every_connection() {
     let config = Config {
         max_connections_per_address: 10,
@@ -309,8 +336,11 @@ async fn every_frame_counts_against_the_rate_and_floods_are_closed() {
 
 #[tokio::test]
 async fn count_broadcasts_do_not_multiply_under_join_leave_toggling() {
+    // 200 members from one address: their joins and connections are not
+    // what this test is about.
     let config = Config {
         joins_per_second_per_address: 100_000,
+        connections_per_second_per_address: 100_000,
         ..Config::default()
     };
     let server = server(config).await;
