@@ -15,14 +15,12 @@
 //! baseline. A fetch that took another path than its network should give
 //! is reported as such, not counted.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ephemeral_tests::natlab::{Lab, Nat, SERVER_IP};
+use ephemeral_tests::natlab::{Lab, Nat, SERVER_IP, output_lines, wait_for_line};
 
 use crate::report::{Better, Percentiles, Row, Value};
 
@@ -187,11 +185,11 @@ fn fetch_times(
     std::fs::create_dir_all(&dir).context("a scratch directory")?;
     let outcome = (|| {
         let mut server_child = lab.spawn(&lab.internet(), server, &["--bind", "0.0.0.0:4000"])?;
-        let server_lines = lines(&mut server_child);
-        wait_for(&server_lines, Duration::from_secs(30), |l| {
+        let server_lines = output_lines(&mut server_child);
+        wait_for_line(&server_lines, Duration::from_secs(30), |l| {
             l.contains("serving on")
         })
-        .context("the server did not start")?;
+        .map_err(|seen| anyhow::anyhow!("the server did not start: {seen:?}"))?;
 
         let page: String = "natlab ".repeat(PAGE_BYTES / 7 + 1)[..PAGE_BYTES].to_string();
         let file = dir.join("page.txt");
@@ -202,12 +200,12 @@ fn fetch_times(
             peer,
             &["--server", SERVER_URL, "--bind", &host_ip, "share", &file],
         )?;
-        let host_lines = lines(&mut host);
+        let host_lines = output_lines(&mut host);
         let prefix = format!("http://{SERVER_IP}:4000/");
-        let link = wait_for(&host_lines, Duration::from_secs(30), |l| {
+        let link = wait_for_line(&host_lines, Duration::from_secs(30), |l| {
             l.starts_with(&prefix)
         })
-        .context("share printed no link")?;
+        .map_err(|seen| anyhow::anyhow!("share printed no link: {seen:?}"))?;
 
         let out = dir.join("got.txt").to_string_lossy().into_owned();
         let mut times = Vec::new();
@@ -252,45 +250,6 @@ fn reported(said: &str) -> Option<(String, Duration)> {
     let (path, ms) = rest.rsplit_once(" in ")?;
     let ms: u64 = ms.strip_suffix(" ms")?.trim().parse().ok()?;
     Some((path.to_string(), Duration::from_millis(ms)))
-}
-
-/// Lines a child prints on stdout and stderr, read to the end so that its
-/// writes never fail on a closed pipe.
-fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-    for stream in [stdout, stderr].into_iter().flatten() {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    rx
-}
-
-fn wait_for(
-    lines: &mpsc::Receiver<String>,
-    limit: Duration,
-    wanted: impl Fn(&str) -> bool,
-) -> Result<String> {
-    let deadline = Instant::now() + limit;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if wanted(&line) => return Ok(line),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    bail!("nothing matching within {limit:?}")
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@
 //! first process of its own PID namespace: everything it and Chromium start
 //! lives and dies inside, so killing it on drop leaves nothing behind, and
 //! no signal sent in there can reach a process outside.
+//!
+//! For the NAT lab, [`ChromeDriver::start_in`] runs ChromeDriver (and so
+//! Chromium) inside one of the lab's network namespaces, reached from here
+//! through a loopback port the lab forwards into it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,8 @@ use anyhow::{Context, Result, bail};
 use fantoccini::{Client, ClientBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
+
+use crate::natlab::Lab;
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -50,10 +56,23 @@ impl ChromeDriver {
     /// free may be taken before ChromeDriver binds it, or still be held in
     /// TIME_WAIT (ChromeDriver binds without SO_REUSEADDR and exits).
     pub async fn start() -> Result<ChromeDriver> {
+        Self::start_where(None).await
+    }
+
+    /// Starts ChromeDriver inside `namespace`, one of `lab`'s network
+    /// namespaces (`ip netns exec`): Chromium, its child, browses from
+    /// there. ChromeDriver listens on 127.0.0.1 in that namespace; this
+    /// process reaches it through [`Lab::forward_tcp`]. Every process it
+    /// starts dies on drop, and with the lab.
+    pub async fn start_in(lab: &Lab, namespace: &str) -> Result<ChromeDriver> {
+        Self::start_where(Some((lab, namespace))).await
+    }
+
+    async fn start_where(inside: Option<(&Lab, &str)>) -> Result<ChromeDriver> {
         let namespace = own_pid_namespace_works();
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Self::try_start(namespace).await {
+            match Self::try_start(namespace, inside).await {
                 Ok(driver) => return Ok(driver),
                 Err(why) => failures.push(format!("{why:#}")),
             }
@@ -61,22 +80,21 @@ impl ChromeDriver {
         bail!("chromedriver would not start: {failures:#?}")
     }
 
-    async fn try_start(namespace: bool) -> Result<ChromeDriver> {
+    async fn try_start(namespace: bool, inside: Option<(&Lab, &str)>) -> Result<ChromeDriver> {
+        // Free here; inside a lab namespace, where nothing else listens,
+        // any port is, and a fresh one per try avoids TIME_WAIT there too.
         let port = free_port()?;
         let log = std::env::temp_dir().join(format!("ephemeral-chromedriver-{port}.log"));
-        let mut command = if namespace {
-            let mut command = Command::new("unshare");
-            command.args([
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "--mount-proc",
-                CHROMEDRIVER,
-            ]);
-            command
-        } else {
-            Command::new(CHROMEDRIVER)
-        };
+        let mut words: Vec<&str> = Vec::new();
+        if let Some((_, network)) = inside {
+            words.extend(["ip", "netns", "exec", network]);
+        }
+        if namespace {
+            words.extend(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]);
+        }
+        words.push(CHROMEDRIVER);
+        let mut command = Command::new(words[0]);
+        command.args(&words[1..]);
         let child = command
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
@@ -87,11 +105,20 @@ impl ChromeDriver {
             .with_context(|| format!("cannot run {CHROMEDRIVER}"))?;
         let mut driver = ChromeDriver {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             log,
         };
+        // Through a forward, a connection is accepted before ChromeDriver
+        // listens: only an HTTP answer says it is up.
+        let (local, answers): (u16, fn(u16) -> bool) = match inside {
+            None => (port, |port| {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            Some((lab, network)) => (lab.forward_tcp(network, port)?, status_answers),
+        };
+        driver.url = format!("http://127.0.0.1:{local}");
         let deadline = Instant::now() + START_WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !answers(local) {
             let log_text = || std::fs::read_to_string(&driver.log).unwrap_or_default();
             if let Ok(Some(status)) = driver.child.try_wait() {
                 bail!("exited with {status} on port {port}: {}", log_text());
@@ -150,6 +177,22 @@ impl Drop for ChromeDriver {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Whether an HTTP server answers `GET /status` on loopback `port`.
+fn status_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request =
+        format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
 fn own_pid_namespace_works() -> bool {

@@ -13,12 +13,19 @@
 //! FORWARD, as home routers do: without that, a remote peer's early
 //! connectivity check leaves a conntrack entry that makes the router remap
 //! our own port, and even cone↔cone fails. Everything the lab made —
-//! namespaces and every process started in them — is removed when it is
+//! namespaces, every process started in them, and the loopback ports that
+//! forward into them ([`Lab::forward_tcp`]) — is removed when it is
 //! dropped, also when a test fails.
 
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
 
@@ -38,6 +45,7 @@ pub struct Lab {
     prefix: String,
     namespaces: Vec<String>,
     routers: u8,
+    forwards: Mutex<Vec<Forward>>,
 }
 
 /// A LAN behind a router.
@@ -77,6 +85,7 @@ impl Lab {
             prefix,
             namespaces: Vec::new(),
             routers: 0,
+            forwards: Mutex::new(Vec::new()),
         };
         let internet = lab.namespace("inet").context(
             "cannot create a network namespace: the NAT lab needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN)",
@@ -208,8 +217,167 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// A loopback port of this (the root) namespace whose connections are
+    /// carried to `127.0.0.1:port` inside `namespace`: how a test reaches a
+    /// server that runs in the lab (ChromeDriver) without any address but
+    /// loopback on either side. Stops with the lab.
+    ///
+    /// The listener is made here, in the root namespace; the thread that
+    /// accepts on it first moves itself — only itself — into `namespace`
+    /// (`setns(2)`), so the sockets it connects live there.
+    pub fn forward_tcp(&self, namespace: &str, port: u16) -> Result<u16> {
+        if !self.namespaces.iter().any(|n| n == namespace) {
+            bail!("{namespace} is not a namespace of this lab");
+        }
+        let netns = File::open(format!("/run/netns/{namespace}"))
+            .with_context(|| format!("cannot open the namespace {namespace}"))?;
+        let listener =
+            TcpListener::bind(("127.0.0.1", 0)).context("no free loopback port to forward")?;
+        let local = listener.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let copiers = Arc::new(Mutex::new(Vec::new()));
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let acceptor = {
+            let (stop, streams, copiers) = (stop.clone(), streams.clone(), copiers.clone());
+            std::thread::Builder::new()
+                .name(format!("forward-{namespace}"))
+                .spawn(move || {
+                    // SAFETY: plain system call on an fd we own; it changes
+                    // the network namespace of this thread only.
+                    let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    drop(netns);
+                    if entered != 0 {
+                        let _ = entered_tx.send(Err(std::io::Error::last_os_error()));
+                        return;
+                    }
+                    let _ = entered_tx.send(Ok(()));
+                    accept_and_forward(&listener, port, &stop, &streams, &copiers);
+                })
+                .context("cannot start the forwarding thread")?
+        };
+        match entered_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                let _ = acceptor.join();
+                return Err(error).with_context(|| format!("setns into {namespace}"));
+            }
+            Err(_) => bail!("the forwarding thread into {namespace} died"),
+        }
+        self.forwards
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Forward {
+                port: local,
+                stop,
+                streams,
+                copiers,
+                acceptor: Some(acceptor),
+            });
+        Ok(local)
+    }
+}
+
+/// One [`Lab::forward_tcp`]: the thread accepting on the loopback port,
+/// the connections it carries and the threads copying their bytes.
+struct Forward {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    copiers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// Runs in the target namespace: each connection accepted (from the root
+/// namespace) is joined to a new one to `127.0.0.1:port` made here.
+fn accept_and_forward(
+    listener: &TcpListener,
+    port: u16,
+    stop: &AtomicBool,
+    streams: &Mutex<Vec<TcpStream>>,
+    copiers: &Mutex<Vec<JoinHandle<()>>>,
+) {
+    for outside in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(outside) = outside else { continue };
+        // Nobody listening inside (yet): the outside connection is closed.
+        let Ok(inside) = TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        let pair = (
+            outside.try_clone(),
+            inside.try_clone(),
+            outside.try_clone(),
+            inside.try_clone(),
+        );
+        let (Ok(outside_r), Ok(inside_w), Ok(outside_w), Ok(inside_r)) = pair else {
+            continue;
+        };
+        let mut streams = streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.push(outside);
+        streams.push(inside);
+        let mut copiers = copiers.lock().unwrap_or_else(|p| p.into_inner());
+        copiers.push(std::thread::spawn(move || copy(outside_r, inside_w)));
+        copiers.push(std::thread::spawn(move || copy(inside_r, outside_w)));
+    }
+}
+
+/// Copies until `from` ends, then ends `to` in that direction.
+fn copy(mut from: TcpStream, mut to: TcpStream) {
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accepting thread, which sees `stop` and returns.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        for stream in self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let copiers: Vec<_> = self
+            .copiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for copier in copiers {
+            let _ = copier.join();
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        // First the forwarding threads, which live in the namespaces.
+        self.forwards
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         // `ip netns exec` forks: the programs are not our children's PIDs.
         // Kill whatever runs in each namespace, then delete it.
         for namespace in self.namespaces.iter().rev() {
@@ -218,7 +386,11 @@ impl Drop for Lab {
                 .output()
             {
                 for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
+                    // Quietly: a process may have ended since it was listed.
+                    let _ = Command::new("kill")
+                        .args(["-9", pid])
+                        .stderr(Stdio::null())
+                        .status();
                 }
             }
             let _ = Command::new("ip")
@@ -239,4 +411,48 @@ fn run(command: &mut Command) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Lines a child prints on stdout and stderr, as they come. The pipes are
+/// read to the end even once nobody listens: a closed pipe would fail the
+/// child's next write.
+pub fn output_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    for stream in [stdout, stderr].into_iter().flatten() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stream)).map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    rx
+}
+
+/// The first line matching `wanted` within `limit`; or every line read.
+pub fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    limit: std::time::Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> std::result::Result<String, Vec<String>> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return Ok(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    Err(seen)
 }
