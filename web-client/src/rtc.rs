@@ -90,8 +90,9 @@ pub struct PeerLink {
     outbox: RefCell<VecDeque<Vec<u8>>>,
     closed: Cell<bool>,
     handler: RtcHandler,
-    /// Keeps the JS callbacks alive exactly as long as the connection.
-    callbacks: RefCell<Vec<Listener>>,
+    /// Keeps the JS callbacks alive exactly as long as the connection,
+    /// with what they listen on, to unhook them when it goes.
+    callbacks: RefCell<Vec<(web_sys::EventTarget, &'static str, Listener)>>,
 }
 
 impl PeerLink {
@@ -413,13 +414,20 @@ impl PeerLink {
         }
     }
 
-    fn on(&self, target: &web_sys::EventTarget, event: &str, f: impl FnMut(JsValue) + 'static) {
+    fn on(
+        &self,
+        target: &web_sys::EventTarget,
+        event: &'static str,
+        f: impl FnMut(JsValue) + 'static,
+    ) {
         let callback = Closure::<dyn FnMut(JsValue)>::new(f);
         if target
             .add_event_listener_with_callback(event, callback.as_ref().unchecked_ref())
             .is_ok()
         {
-            self.callbacks.borrow_mut().push(callback);
+            self.callbacks
+                .borrow_mut()
+                .push((target.clone(), event, callback));
         }
     }
 }
@@ -427,6 +435,15 @@ impl PeerLink {
 impl Drop for PeerLink {
     fn drop(&mut self) {
         self.close();
+        // Closing fires `close` events later; a listener still hooked then
+        // would call a freed closure. Unhook every one, and free them after
+        // the current event, which may be one of theirs.
+        let callbacks = std::mem::take(&mut *self.callbacks.borrow_mut());
+        for (target, event, callback) in &callbacks {
+            let _ = target
+                .remove_event_listener_with_callback(event, callback.as_ref().unchecked_ref());
+        }
+        wasm_bindgen_futures::spawn_local(async move { drop(callbacks) });
     }
 }
 
