@@ -16,10 +16,10 @@
 //! is reported as such, not counted.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use ephemeral_tests::binaries::cargo_build;
 use ephemeral_tests::natlab::{Lab, Nat, SERVER_IP, output_lines, wait_for_line};
 
 use crate::report::{Better, Percentiles, Row, Value};
@@ -136,26 +136,17 @@ pub async fn run(samples: &Samples, workspace: &Path) -> Result<Vec<Row>> {
 
 /// Builds the release server and peer binaries; their paths.
 fn build_binaries(workspace: &Path) -> Result<(PathBuf, PathBuf)> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "signal-server",
-            "--bin",
-            "signal-server",
-            "-p",
-            "ephemeral-peer",
-            "--bin",
-            "ephemeral-peer",
-        ])
-        .current_dir(workspace)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("building signal-server and ephemeral-peer failed");
-    }
+    cargo_build(&[
+        "--release",
+        "-p",
+        "signal-server",
+        "--bin",
+        "signal-server",
+        "-p",
+        "ephemeral-peer",
+        "--bin",
+        "ephemeral-peer",
+    ])?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));

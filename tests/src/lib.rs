@@ -2,9 +2,12 @@
 //! tests themselves are in `tests/peers/` (native webrtc-rs peers against a
 //! real server) and `tests/browser/` (headless Chromium).
 //!
+//! - [`binaries`]: builds the server and the CLI for the tests that run
+//!   them.
 //! - [`chromium`]: ChromeDriver and headless Chromium sessions.
 //! - [`natlab`]: network namespaces and NAT routers standing in for the
 //!   internet (`tests/natlab.rs`, and the NAT benchmark).
 
+pub mod binaries;
 pub mod chromium;
 pub mod natlab;

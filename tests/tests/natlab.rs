@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ephemeral_shared::PageHash;
+use ephemeral_tests::binaries::{cargo_build, test_profile_dir};
 use ephemeral_tests::chromium::{self, ChromeDriver};
 use ephemeral_tests::natlab::{Lab, Nat, SERVER_IP, output_lines, wait_for_line};
 use fantoccini::{Client, Locator};
@@ -34,37 +35,22 @@ const RTC_TIMEOUT_SECS: u64 = 5;
 fn binaries() -> &'static (PathBuf, PathBuf) {
     static BINARIES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BINARIES.get_or_init(|| {
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        // The variables cargo sets for this test would make the nested
-        // build see a different configuration and rebuild everything.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
-                cargo.env_remove(key);
-            }
-        }
-        let status = cargo
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "signal-server",
-                "--bin",
-                "signal-server",
-                "-p",
-                "ephemeral-peer",
-                "--bin",
-                "ephemeral-peer",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the server and the peer");
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("the target profile directory");
+        cargo_build(&[
+            "-p",
+            "ephemeral-tests",
+            "--test",
+            "natlab",
+            "-p",
+            "signal-server",
+            "--bin",
+            "signal-server",
+            "-p",
+            "ephemeral-peer",
+            "--bin",
+            "ephemeral-peer",
+        ])
+        .expect("building the server and the peer");
+        let profile = test_profile_dir().expect("the target profile directory");
         (
             profile.join("signal-server"),
             profile.join("ephemeral-peer"),

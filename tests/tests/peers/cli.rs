@@ -9,50 +9,29 @@ use std::time::{Duration, Instant};
 
 use ephemeral_shared::PageHash;
 
+use ephemeral_tests::binaries::{cargo_build, test_profile_dir};
+
 use crate::harness::*;
 
-/// Builds the binary once per test run (it is another package's target, so
-/// cargo does not build it for this one) and returns its path. This test
-/// target is named in the same build so that features unify exactly as in
-/// `cargo test`: otherwise cargo rebuilds webrtc-rs each time (~30 s).
+/// Builds the binary once per test run and returns its path.
 fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let mut cargo = Command::new(env!("CARGO"));
-            // `cargo test` gives the test process CARGO_* variables of its
-            // own package; passed on, they change fingerprints and force a
-            // rebuild of everything in the next `cargo test`.
-            for (key, _) in std::env::vars_os() {
-                let key = key.to_string_lossy().into_owned();
-                if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
-                    cargo.env_remove(key);
-                }
-            }
-            let status = cargo
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "ephemeral-tests",
-                    "--test",
-                    "peers",
-                    "-p",
-                    "ephemeral-peer",
-                    "--bin",
-                    "ephemeral-peer",
-                ])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building ephemeral-peer");
-            // The test binary lives in <target>/<profile>/deps/.
-            let exe = std::env::current_exe().expect("the test's own path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("the target profile directory");
-            profile_dir.join("ephemeral-peer")
+            cargo_build(&[
+                "-p",
+                "ephemeral-tests",
+                "--test",
+                "peers",
+                "-p",
+                "ephemeral-peer",
+                "--bin",
+                "ephemeral-peer",
+            ])
+            .expect("building ephemeral-peer");
+            test_profile_dir()
+                .expect("the target profile directory")
+                .join("ephemeral-peer")
         })
         .clone()
 }
