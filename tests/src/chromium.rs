@@ -210,3 +210,32 @@ fn free_port() -> Result<u16> {
         .context("no free loopback port")?
         .port())
 }
+
+/// Reads the page with `read` every 100 ms until `ready` holds, and returns
+/// that reading; panics after `limit`, with what the page showed last.
+pub async fn poll_page<T, F>(
+    what: &str,
+    limit: Duration,
+    mut read: impl FnMut() -> F,
+    ready: impl Fn(&T) -> bool,
+) -> T
+where
+    T: std::fmt::Debug,
+    F: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut last = None;
+    loop {
+        if let Some(shown) = read().await {
+            if ready(&shown) {
+                return shown;
+            }
+            last = Some(shown);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}; the page showed {last:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

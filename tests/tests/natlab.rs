@@ -396,21 +396,7 @@ impl Browser {
     /// Polls the page until `ready` holds; fails after [`BROWSER_WAIT`]
     /// with what it showed last.
     async fn wait_for(&self, what: &str, ready: impl Fn(&Shown) -> bool) -> Shown {
-        let deadline = Instant::now() + BROWSER_WAIT;
-        let mut last = None;
-        loop {
-            if let Some(shown) = self.shown().await {
-                if ready(&shown) {
-                    return shown;
-                }
-                last = Some(shown);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {BROWSER_WAIT:?} waiting for {what}; the page showed {last:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        chromium::poll_page(what, BROWSER_WAIT, || self.shown(), ready).await
     }
 
     /// Writes `text` on the home page and presses Share; returns once the

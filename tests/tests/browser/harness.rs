@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ephemeral_tests::chromium::{self, ChromeDriver};
 use fantoccini::Client;
@@ -233,21 +233,7 @@ impl Browser {
         limit: Duration,
         ready: impl Fn(&Snapshot) -> bool,
     ) -> Snapshot {
-        let deadline = Instant::now() + limit;
-        let mut last = None;
-        loop {
-            if let Some(snapshot) = self.snapshot().await {
-                if ready(&snapshot) {
-                    return snapshot;
-                }
-                last = Some(snapshot);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {what}; the page showed {last:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        chromium::poll_page(what, limit, || self.snapshot(), ready).await
     }
 
     /// On the home page, writes `text` and presses Share; returns once the
