@@ -3,20 +3,21 @@
 //! server, with the server's websocket as the fallback. Used by the CLI
 //! (`src/main.rs`), the headless tests and the benchmarks.
 //!
+//! Every decision is `ephemeral_shared::client::Client`'s, the same core the
+//! browser runs; this crate is its tokio shell.
+//!
 //! ```text
-//!        Peer (handle)                       ephemeral-shared
-//!          │ commands                        ┌─────────────────────┐
-//!          ▼                                 │ Fetch (visitor)     │
-//!   peer::Actor ── drives ─────────────────► │ host::Uploads       │
-//!     │      │                               │ transfer framing    │
-//!     │      └─ signaling (websocket,        └─────────────────────┘
-//!     │         Phoenix V2 frames)
-//!     └─ rtc::Session (one RTCPeerConnection per transfer)
+//!   Peer (handle) ── commands ──► run_loop ◄──► ephemeral_shared::client::Client
+//!                                   │  │           (session, fetches, uploads)
+//!                 signaling ◄───────┘  └──► connections ──► rtc::Session
+//!           (websocket, frames)             (one task per peer connection)
 //! ```
 //!
-//! - [`peer`]: [`Peer`], the running peer: hosting, fetching, reconnecting,
-//!   timings and transports of each fetch.
-//! - [`rtc`]: one peer connection and its data channel, tuned for speed.
+//! - [`peer`]: [`Peer`] and the types of its API.
+//! - `run_loop`: feeds the core and carries out what it asks.
+//! - `connections`: one task per peer connection the core opened.
+//! - [`rtc`]: one webrtc-rs peer connection and its data channel, tuned
+//!   for speed.
 //! - [`signaling`]: the raw websocket to the server, frame in, frame out.
 //!
 //! For benchmarks and tests: every [`Fetched`] carries its [`Transport`] and
@@ -37,8 +38,10 @@
 //! # Ok(()) }
 //! ```
 
+mod connections;
 pub mod peer;
 pub mod rtc;
+mod run_loop;
 pub mod signaling;
 
 pub use ephemeral_shared::{FetchConfig, PageHash, PeerId, Transport};

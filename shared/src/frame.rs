@@ -7,6 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::protocol::Reason;
+
 /// Events of the Phoenix protocol itself.
 pub mod event {
     pub const JOIN: &str = "phx_join";
@@ -57,16 +59,16 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    /// A short stable name, for metrics labels and error replies.
-    pub fn code(&self) -> &'static str {
+    /// The reason an error reply gives, and the metrics label.
+    pub fn reason(&self) -> Reason {
         match self {
-            FrameError::NotJson(_) => "malformed_json",
-            FrameError::NotArray | FrameError::WrongArity(_) => "wrong_arity",
+            FrameError::NotJson(_) => Reason::MalformedJson,
+            FrameError::NotArray | FrameError::WrongArity(_) => Reason::WrongArity,
             FrameError::JoinRefNotString
             | FrameError::RefNotString
             | FrameError::TopicNotString
             | FrameError::EventNotString
-            | FrameError::PayloadNotObject => "malformed_frame",
+            | FrameError::PayloadNotObject => Reason::MalformedFrame,
         }
     }
 }
@@ -253,18 +255,18 @@ mod tests {
     #[test]
     fn says_what_is_wrong() {
         let cases = [
-            ("{", "malformed_json"),
-            (r#"{"a":1}"#, "wrong_arity"),
-            (r#"["1","1","t","e"]"#, "wrong_arity"),
-            (r#"[1,"1","t","e",{}]"#, "malformed_frame"),
-            (r#"["1",2,"t","e",{}]"#, "malformed_frame"),
-            (r#"["1","1",3,"e",{}]"#, "malformed_frame"),
-            (r#"["1","1","t",null,{}]"#, "malformed_frame"),
-            (r#"["1","1","t","e",[]]"#, "malformed_frame"),
+            ("{", Reason::MalformedJson),
+            (r#"{"a":1}"#, Reason::WrongArity),
+            (r#"["1","1","t","e"]"#, Reason::WrongArity),
+            (r#"[1,"1","t","e",{}]"#, Reason::MalformedFrame),
+            (r#"["1",2,"t","e",{}]"#, Reason::MalformedFrame),
+            (r#"["1","1",3,"e",{}]"#, Reason::MalformedFrame),
+            (r#"["1","1","t",null,{}]"#, Reason::MalformedFrame),
+            (r#"["1","1","t","e",[]]"#, Reason::MalformedFrame),
         ];
-        for (text, code) in cases {
+        for (text, reason) in cases {
             let err = Frame::parse(text).unwrap_err();
-            assert_eq!(err.code(), code, "{text}: {err}");
+            assert_eq!(err.reason(), reason, "{text}: {err}");
         }
         assert_eq!(
             Frame::parse(r#"["1","1","t","e"]"#),

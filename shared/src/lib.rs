@@ -11,26 +11,37 @@
 //! ```
 //!
 //! - [`hash`]: page addresses, SHA-256 of the UTF-8 bytes.
+//! - [`link`]: server addresses and page links as people write them.
 //! - [`topic`]: `have:<h>` / `want:<h>`.
 //! - [`frame`]: Phoenix Channels V2 JSON frames, parsed with exact errors.
 //! - [`protocol`]: typed payloads of every event, peer ids, error reasons.
 //! - [`path`]: which way a page travelled (direct, TURN, relay).
 //! - [`selection`]: which host serves a request (uniform, or the seed's
 //!   coin flip).
+//! - [`routing`]: one page's routing policy: hosts, waiting visitors,
+//!   upload slots, the queue, who may relay to whom, count broadcasts.
 //! - [`rate`]: the per-socket token bucket.
 //! - [`transfer`]: a page over a data channel: header, chunks, verification.
 //! - [`fetch`]: the visitor's state machine, WebRTC first, relay fallback.
 //! - [`host`]: the host's choice between offering a channel and relaying.
+//! - [`session`]: the client's Phoenix session: refs, joins, heartbeat,
+//!   reconnect and rejoin.
+//! - [`client`]: the peer's whole logic on that session, for both shells:
+//!   hosting, fetching, uploads, peer connections as ids.
 //! - [`size`]: byte counts for people, in messages about limits.
 
+pub mod client;
 pub mod fetch;
 pub mod frame;
 pub mod hash;
 pub mod host;
+pub mod link;
 pub mod path;
 pub mod protocol;
 pub mod rate;
+pub mod routing;
 pub mod selection;
+pub mod session;
 pub mod size;
 pub mod topic;
 pub mod transfer;

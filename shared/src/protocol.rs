@@ -1,4 +1,4 @@
-//! Typed payloads of every event Ephemeral speaks (DESIGN.md, "Events"), and
+//! Typed payloads of every event Ephemeral speaks (docs/protocol.md), and
 //! server-assigned peer ids.
 
 use std::fmt;
@@ -310,9 +310,6 @@ reasons! {
 #[error("unknown error reason")]
 pub struct UnknownReason;
 
-/// The error reason of a `content_request` no host can serve.
-pub const NO_HOSTS: &str = "no_hosts";
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,7 +375,6 @@ mod tests {
         for reason in Reason::ALL {
             assert_eq!(reason.as_str().parse::<Reason>(), Ok(*reason));
         }
-        assert_eq!(Reason::NoHosts.as_str(), NO_HOSTS);
         assert_eq!("nope".parse::<Reason>(), Err(UnknownReason));
     }
 

@@ -12,7 +12,7 @@ pub const CHUNK_HEADER_LEN: usize = 4;
 
 /// The largest message we send on a data channel: 64 KiB. Larger messages
 /// are not faster on loopback and Chromium caps at 256 KiB; smaller ones
-/// collapse webrtc-rs throughput (NOTES-webrtc.md).
+/// collapse webrtc-rs throughput (docs/webrtc-facts.md).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The message size an SDP without `a=max-message-size` allows (RFC 8841).

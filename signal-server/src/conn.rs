@@ -1,14 +1,20 @@
 //! The handle other tasks use to reach one connection: its peer id, its
-//! address, and its send queue, bounded in bytes. A reader that stops
-//! reading fills its queue and is closed instead of growing server memory;
-//! past half full it already counts as busy and is given no visitors.
+//! address, and its send queue, bounded in bytes, with the writer task that
+//! drains the queue into the socket. A reader that stops reading fills its
+//! queue and is closed instead of growing server memory; past half full it
+//! already counts as busy and is given no visitors; a write that stalls
+//! past the write timeout closes it too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use ephemeral_shared::protocol::{PeerId, Reason};
-use tokio::sync::{Notify, mpsc};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::timeout;
 
 use crate::addresses::Address;
 use crate::metrics::Metrics;
@@ -97,5 +103,48 @@ impl Conn {
 
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Acquire)
+    }
+}
+
+/// The connection's writer task: writes what is queued, each write bounded
+/// by `write_timeout`; then the close frame, or the echo of the client's,
+/// waiting at most `close_wait` for it to go out.
+pub async fn write_queue(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::UnboundedReceiver<Outbound>,
+    mut close: oneshot::Receiver<Option<CloseFrame>>,
+    conn: Arc<Conn>,
+    write_timeout: Duration,
+    close_wait: Duration,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            closing = &mut close => {
+                let closing = async {
+                    match closing {
+                        Ok(Some(frame)) => sink.send(Message::Close(Some(frame))).await,
+                        // The library queued the echo when it read the
+                        // client's close; closing the sink flushes it.
+                        _ => sink.close().await,
+                    }
+                };
+                let _ = timeout(close_wait, closing).await;
+                return;
+            }
+            next = queue.recv() => {
+                let Some(Outbound::Text(text)) = next else { return };
+                let len = text.len();
+                match timeout(write_timeout, sink.send(Message::Text(text))).await {
+                    Ok(Ok(())) => conn.written(len),
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        conn.stall(&metrics);
+                        return;
+                    }
+                }
+            }
+        }
     }
 }

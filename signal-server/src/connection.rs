@@ -1,11 +1,11 @@
 //! One websocket connection: reads Phoenix frames, spends the socket's and
 //! the address's limits on each before any work is done for it, answers
 //! joins, leaves and heartbeats, routes requests, relays pages and signals.
-//! A writer task of its own sends what is queued for it, so a client that
-//! stops reading never blocks the reader, the idle timer or a close; a
-//! write that stalls past the write timeout closes the connection. Closes
-//! follow RFC 6455: a code and a reason a client can show, the client's
-//! close echoed, and the client's reply awaited before the socket drops.
+//! A writer task of its own ([`write_queue`]) sends what is queued for it,
+//! so a client that stops reading never blocks the reader, the idle timer
+//! or a close. Closes follow RFC 6455: a code and a reason a client can
+//! show, the client's close echoed, and the client's reply awaited before
+//! the socket drops.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,25 +13,25 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use ephemeral_shared::frame::{Frame, event};
 use ephemeral_shared::protocol::{
-    Content, ContentRequest, ContentUnavailable, HostRequest, IceServer, JoinPayload, JoinReply,
-    MAX_EXCLUDE, NO_HOSTS, PeerId, Reason, SignalFrom, SignalTo,
+    Content, ContentRequest, ContentUnavailable, IceServer, JoinPayload, JoinReply, MAX_EXCLUDE,
+    PeerId, Reason, SignalFrom, SignalTo,
 };
 use ephemeral_shared::rate::RateLimiter;
 use ephemeral_shared::selection::Selection;
 use ephemeral_shared::topic::PHOENIX_TOPIC;
 use ephemeral_shared::{Role, Topic};
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::json;
 use std::sync::atomic::Ordering;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::{Instant, timeout};
 
 use crate::AppState;
 use crate::addresses::Hold;
-use crate::conn::{Conn, Outbound};
+use crate::conn::{Conn, write_queue};
+use crate::membership::Member;
 use crate::metrics::Metrics;
-use crate::registry::{Member, Request};
+use crate::registry::Request;
 
 /// Close codes (RFC 6455, section 7.4.1).
 mod close {
@@ -89,6 +89,7 @@ pub async fn serve(
         close_rx,
         conn.clone(),
         config.write_timeout(),
+        CLOSE_HANDSHAKE_WAIT,
         state.metrics.clone(),
     ));
     let mut session = Session::new(conn.clone(), state.clone(), ice_host);
@@ -160,47 +161,6 @@ pub async fn serve(
     metrics.connections.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(%peer, "disconnected");
     drop(hold);
-}
-
-/// Writes what is queued for the connection, each write bounded by
-/// `write_timeout`; then the close frame, or the echo of the client's.
-async fn write_queue(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut queue: mpsc::UnboundedReceiver<Outbound>,
-    mut close: oneshot::Receiver<Option<CloseFrame>>,
-    conn: Arc<Conn>,
-    write_timeout: Duration,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            closing = &mut close => {
-                let closing = async {
-                    match closing {
-                        Ok(Some(frame)) => sink.send(Message::Close(Some(frame))).await,
-                        // The library queued the echo when it read the
-                        // client's close; closing the sink flushes it.
-                        _ => sink.close().await,
-                    }
-                };
-                let _ = timeout(CLOSE_HANDSHAKE_WAIT, closing).await;
-                return;
-            }
-            next = queue.recv() => {
-                let Some(Outbound::Text(text)) = next else { return };
-                let len = text.len();
-                match timeout(write_timeout, sink.send(Message::Text(text))).await {
-                    Ok(Ok(())) => conn.written(len),
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        conn.stall(&metrics);
-                        return;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// What to close with after a read error (RFC 6455 codes).
@@ -315,14 +275,7 @@ impl Session {
         };
         let frame = match Frame::parse(text.as_str()) {
             Ok(frame) => frame,
-            Err(error) => {
-                let why = match error.code() {
-                    "malformed_json" => Reason::MalformedJson,
-                    "wrong_arity" => Reason::WrongArity,
-                    _ => Reason::MalformedFrame,
-                };
-                return self.refused(None, (why, error.to_string()));
-            }
+            Err(error) => return self.refused(None, (error.reason(), error.to_string())),
         };
         if let Err(refusal) = self.check_size(&frame, text.len()) {
             return self.refused(Some(&frame), refusal);
@@ -521,42 +474,14 @@ impl Session {
             relay: request.relay,
             exclude: request.exclude.into_iter().collect(),
         };
-        if self.state.config.selection == Selection::CoinFlip {
-            return Ok(vec![self.coin_flip_request(frame, topic, request)]);
-        }
         // The registry queues the reply on this socket (now, or when a host
         // has a free slot), ahead of anything the host will send.
-        self.state.registry.request(topic.hash, request);
+        let registry = &self.state.registry;
+        match self.state.config.selection {
+            Selection::Uniform => registry.request(topic.hash, request),
+            Selection::CoinFlip => registry.coin_flip(topic.hash, request),
+        }
         Ok(Vec::new())
-    }
-
-    /// The seed's routing: every host gets the request with probability
-    /// 1/n; the reply says how many did.
-    fn coin_flip_request(&self, frame: &Frame, topic: Topic, request: Request) -> Frame {
-        let metrics = &self.state.metrics;
-        let (hosts, eligible) = self.state.registry.coin_flip_hosts(topic.hash, &request);
-        if eligible == 0 {
-            metrics.requests_no_host.fetch_add(1, Ordering::Relaxed);
-            return frame.reply_error(NO_HOSTS);
-        }
-        let have = topic.opposite().to_string();
-        for host in &hosts {
-            let push = HostRequest {
-                from: self.peer(),
-                relay: request.relay,
-            };
-            let text = Frame::with_payload(
-                host.join_ref.clone(),
-                None,
-                have.clone(),
-                event::CONTENT_REQUEST,
-                &push,
-            )
-            .encode();
-            host.conn.deliver(text.into(), metrics);
-            metrics.requests_routed.fetch_add(1, Ordering::Relaxed);
-        }
-        frame.reply_ok(&json!({ "routed": hosts.len() }))
     }
 
     /// Relayed content goes only to visitors whose request went to this
@@ -593,29 +518,8 @@ impl Session {
             );
             return Err((Reason::RelayQuota, detail));
         }
-        let visitors = registry.take_relay_visitors(topic.hash, self.peer());
-        let want = Topic::want(topic.hash).to_string();
-        let metrics = &self.state.metrics;
-        for visitor in &visitors {
-            let text = Frame::with_payload(
-                visitor.join_ref.clone(),
-                None,
-                want.clone(),
-                event::CONTENT,
-                &Content {
-                    content: content.clone(),
-                },
-            )
-            .encode();
-            if visitor.conn.deliver(text.into(), metrics) {
-                metrics
-                    .relayed_bytes
-                    .fetch_add(page_bytes, Ordering::Relaxed);
-            }
-        }
-        Ok(vec![
-            frame.reply_ok(&json!({ "delivered": visitors.len() })),
-        ])
+        let delivered = registry.relay(topic.hash, self.peer(), content);
+        Ok(vec![frame.reply_ok(&json!({ "delivered": delivered }))])
     }
 
     /// A host that cannot relay the page (too large for the relay) says so;

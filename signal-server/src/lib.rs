@@ -8,8 +8,10 @@
 //!    └─ Router ── /ws/websocket ──► connection::serve (reader task + writer task)
 //!        │                                   │  Session: limits, joins, routing
 //!        ├── /healthz, /metrics              ▼
-//!        └── /, /<hash>, /<file> ◄─ assets   Registry: pages → hosts, wanters
-//!                                            ├─ run_timers (slots, queue)
+//!        └── /, /<hash>, /<file> ◄─ assets   Registry: decisions → frames
+//!                                            ├─ membership: pages → members
+//!                                            ├─ shared::routing (the policy)
+//!                                            ├─ run_timers (one, at deadlines)
 //!                                            └─ broadcast_counts (coalesced)
 //! ```
 //!
@@ -18,8 +20,11 @@
 //! - [`addresses`]: client addresses (through trusted proxies) and their
 //!   limits.
 //! - [`connection`]: one socket, start to close.
-//! - [`conn`]: the handle others reach a socket by; its byte-bounded queue.
-//! - [`registry`]: topic membership, selection, slots, count broadcasts.
+//! - [`conn`]: the handle others reach a socket by; its byte-bounded queue
+//!   and the writer that drains it.
+//! - [`membership`]: who is on which page, each page under its own lock.
+//! - [`registry`]: routing on the wire: the routing policy's decisions as
+//!   frames, the one timer, count broadcasts.
 //! - [`stun_turn`]: the built-in STUN/TURN server and its credentials.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`assets`]: the embedded web client.
@@ -33,6 +38,7 @@ pub mod config;
 pub mod conn;
 pub mod connection;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod registry;
 pub mod stun_turn;
@@ -49,7 +55,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ephemeral_shared::protocol::Reason;
-use registry::{Registry, RoutingLimits};
+use ephemeral_shared::routing::Limits;
+use registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -153,7 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::channel(1);
-    let routing = RoutingLimits {
+    let routing = Limits {
         max_uploads_per_host: config.max_uploads_per_host,
         queue_wait: config.queue_wait(),
         slot_timeout: config.slot_timeout(),
