@@ -14,17 +14,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ephemeral_peer::{FetchOptions, Peer};
+use ephemeral_phoenix_client::websocket_url;
 use fantoccini::{Client, Locator};
 use serde_json::{Value as Json, json};
 use tokio::time::Instant;
 
 use ephemeral_tests::chromium::{self, ChromeDriver};
 
-use crate::children;
 use crate::peers::webrtc_rate;
-use crate::phoenix::{self, Endpoint};
 use crate::report::{Better, Row, Value};
 use crate::ttc::peer_config;
+use crate::{children, load};
 
 const BENCHMARK: &str = "4. Data-channel throughput";
 /// The web client refuses pages over 1 MiB (web-client/src/app.rs).
@@ -43,7 +43,7 @@ pub async fn run(runs: usize, workspace: &Path) -> Result<Row> {
     }
     let server = children::signal_server(&[]).await?;
     let base = format!("http://{}", server.addr);
-    let url = Endpoint::phoenix(server.addr).url;
+    let url = websocket_url(server.addr);
     let driver = ChromeDriver::start().await?;
     let browser = driver.session(&profile_dir()).await?;
 
@@ -51,7 +51,7 @@ pub async fn run(runs: usize, workspace: &Path) -> Result<Row> {
     let mut setups = Vec::with_capacity(runs);
     let outcome = async {
         for run in 0..runs {
-            let (text, hash) = phoenix::page(PAGE_BYTES, 500 + run as u64);
+            let (text, hash) = load::page(PAGE_BYTES, 500 + run as u64);
             share(&browser, &base, &text).await?;
             let mut config = peer_config(&url, true);
             config.fetch.max_page_bytes = 2 * PAGE_BYTES;

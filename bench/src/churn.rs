@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ephemeral_phoenix_client::{Client, websocket_url};
 use ephemeral_shared::{PageHash, Topic};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -33,7 +34,6 @@ use tokio::time::Instant;
 
 use crate::children::{self, ChildServer, Scrape};
 use crate::memory::settle;
-use crate::phoenix::{Endpoint, Phoenix};
 use crate::report::{Better, Row, Value as Measure};
 
 const BENCHMARK: &str = "9. Churn soak";
@@ -152,7 +152,7 @@ pub async fn run(plan: &Plan) -> Result<Vec<Row>> {
     // Each cycle is a new connection, 40 a second per address: over the
     // default new-connection rate (20), which is about reconnect floods.
     let server = children::signal_server(&["--connections-per-second-per-address", "100"]).await?;
-    let endpoint = Endpoint::phoenix(server.addr);
+    let url = websocket_url(server.addr);
     let pacer = Pacer::new();
     eprintln!(
         "bench: churn: {WARM_UP_CYCLES} warm-up cycles, then {} cycles (at most {} s) from {}–{}",
@@ -162,7 +162,7 @@ pub async fn run(plan: &Plan) -> Result<Vec<Row>> {
         SOURCES[SOURCES.len() - 1]
     );
     let warm_up = cycles(
-        &endpoint,
+        &url,
         &pacer,
         0..WARM_UP_CYCLES,
         Instant::now() + plan.time_limit,
@@ -183,7 +183,7 @@ pub async fn run(plan: &Plan) -> Result<Vec<Row>> {
     let soak = async {
         let first = WARM_UP_CYCLES;
         let soak = cycles(
-            &endpoint,
+            &url,
             &pacer,
             first..first + plan.cycles,
             Instant::now() + plan.time_limit,
@@ -281,7 +281,7 @@ fn rows(
 /// Runs the cycles numbered `numbers`, [`IN_FLIGHT`] at a time, until
 /// `deadline`; cycles not started by then are skipped.
 async fn cycles(
-    endpoint: &Endpoint,
+    url: &str,
     pacer: &Pacer,
     numbers: std::ops::Range<usize>,
     deadline: Instant,
@@ -292,7 +292,7 @@ async fn cycles(
             if Instant::now() >= deadline {
                 return None;
             }
-            let outcome = tokio::time::timeout(CYCLE_TIMEOUT, cycle(endpoint, pacer, i))
+            let outcome = tokio::time::timeout(CYCLE_TIMEOUT, cycle(url, pacer, i))
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("cycle {i} took over {CYCLE_TIMEOUT:?}")));
             Some(outcome)
@@ -342,7 +342,7 @@ impl Ending {
 
 /// One client's life: connect, join a page's `have:` (even `i`) or
 /// `want:` (odd `i`, which also asks for the page), and end.
-async fn cycle(endpoint: &Endpoint, pacer: &Pacer, i: usize) -> Result<()> {
+async fn cycle(url: &str, pacer: &Pacer, i: usize) -> Result<()> {
     let source = i % SOURCES.len();
     let page = PageHash::of(format!("churn page {}", i % PAGES).as_bytes());
     let visitor = i % 2 == 1;
@@ -353,7 +353,7 @@ async fn cycle(endpoint: &Endpoint, pacer: &Pacer, i: usize) -> Result<()> {
     }
     .to_string();
     pacer.wait(source).await;
-    let mut client = Phoenix::connect(endpoint, SOURCES[source]).await?;
+    let mut client = Client::connect_from(url, SOURCES[source]).await?;
     client
         .join_patiently(&topic, Instant::now() + CYCLE_TIMEOUT)
         .await?;
@@ -369,14 +369,14 @@ async fn cycle(endpoint: &Endpoint, pacer: &Pacer, i: usize) -> Result<()> {
     match Ending::of(i) {
         Ending::LeaveThenClose => {
             client.leave(&topic).await?;
-            client.close().await
+            client.close().await?;
         }
-        Ending::Close => client.close().await,
-        Ending::Drop => {
-            drop(client);
-            Ok(())
+        Ending::Close => {
+            client.close().await?;
         }
+        Ending::Drop => drop(client),
     }
+    Ok(())
 }
 
 /// Hands out join slots per source address, [`JOINS_PER_SECOND_PER_SOURCE`]

@@ -5,7 +5,7 @@
 //! ```text
 //!  ephemeral-bench [--quick] [--only NAME,…]
 //!      │ spawns (children)                 │ drives (load generator)
-//!      ├─ ephemeral-bench serve …   ◄──────┼─ phoenix: raw Phoenix clients
+//!      ├─ ephemeral-bench serve …   ◄──────┼─ ephemeral-phoenix-client
 //!      │   (our server, as its binary)     ├─ ephemeral-peer: native peers
 //!      ├─ ephemeral-bench echo-server ◄────┤   (WebRTC, relay)
 //!      └─ node js/tracker.mjs  ◄───────────┘
@@ -27,7 +27,7 @@
 //!   and gauges before and after.
 //! - [`nat`]: 10, time to content across the NAT lab: direct, TURN, relay.
 //! - [`children`]: the servers under test, each its own process.
-//! - [`phoenix`]: the load generator's websocket and Phoenix clients.
+//! - [`load`]: what the load generator sends, and from which addresses.
 //! - [`report`]: rows, percentiles, the table and the JSON.
 
 mod browser;
@@ -35,10 +35,10 @@ mod children;
 mod churn;
 mod client_size;
 mod flood;
+mod load;
 mod memory;
 mod nat;
 mod peers;
-mod phoenix;
 mod report;
 mod signaling;
 mod stalled;

@@ -17,11 +17,12 @@
 //! connections, saying so when a size was cut.
 
 use anyhow::{Context, Result};
+use ephemeral_phoenix_client::{Client, websocket_url};
 use ephemeral_shared::Topic;
 use futures_util::StreamExt;
 
 use crate::children::{self, ChildServer};
-use crate::phoenix::{self, Endpoint, Phoenix};
+use crate::load;
 use crate::report::{Better, Row, Value};
 
 const BENCHMARK: &str = "2. Memory per idle connection";
@@ -99,12 +100,12 @@ async fn measure(flags: &[&str], connections: usize) -> Result<Reading> {
     all_flags.extend_from_slice(children::NO_PER_ADDRESS_LIMITS);
     all_flags.extend_from_slice(flags);
     let server = children::signal_server(&all_flags).await?;
-    let endpoint = Endpoint::phoenix(server.addr);
+    let url = websocket_url(server.addr);
 
-    let mut clients = open(&endpoint, 0, WARM_UP).await?;
+    let mut clients = open(&url, 0, WARM_UP).await?;
     settle(&server).await;
     let before = server.rss_kib()?;
-    clients.extend(open(&endpoint, WARM_UP, connections).await?);
+    clients.extend(open(&url, WARM_UP, connections).await?);
     settle(&server).await;
     let after = server.rss_kib()?;
 
@@ -121,19 +122,16 @@ async fn measure(flags: &[&str], connections: usize) -> Result<Reading> {
 
 /// Opens `count` connections, numbered from `first`, each joined to the
 /// `have:` topic of its own page.
-async fn open(endpoint: &Endpoint, first: usize, count: usize) -> Result<Vec<Phoenix>> {
+async fn open(url: &str, first: usize, count: usize) -> Result<Vec<Client>> {
     futures_util::stream::iter(first..first + count)
-        .map(|i| {
-            let endpoint = endpoint.clone();
-            async move {
-                let mut client = Phoenix::connect(&endpoint, phoenix::source_ip(i)).await?;
-                let hash = ephemeral_shared::PageHash::of(format!("idle page {i}").as_bytes());
-                client
-                    .join(&Topic::have(hash).to_string())
-                    .await
-                    .with_context(|| format!("idle connection {i} cannot join"))?;
-                anyhow::Ok(client)
-            }
+        .map(|i| async move {
+            let mut client = Client::connect_from(url, load::source_ip(i)).await?;
+            let hash = ephemeral_shared::PageHash::of(format!("idle page {i}").as_bytes());
+            client
+                .join(&Topic::have(hash).to_string())
+                .await
+                .with_context(|| format!("idle connection {i} cannot join"))?;
+            anyhow::Ok(client)
         })
         .buffer_unordered(CONNECTING_AT_ONCE)
         .collect::<Vec<_>>()

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ephemeral_peer::{FetchOptions, Fetched, Peer, Transport};
+use ephemeral_phoenix_client::websocket_url;
 use tokio::time::Instant;
 
-use crate::children;
-use crate::phoenix::{self, Endpoint};
 use crate::report::{Better, Row, Value};
 use crate::ttc::peer_config;
+use crate::{children, load};
 
 const DATA_CHANNEL: &str = "4. Data-channel throughput";
 const FLASH_CROWD: &str = "5. Flash crowd";
@@ -53,14 +53,14 @@ pub fn transfers(quick: bool) -> Vec<(usize, usize)> {
 
 pub async fn data_channel(transfers: &[(usize, usize)]) -> Result<Vec<Row>> {
     let server = children::signal_server(&[]).await?;
-    let url = Endpoint::phoenix(server.addr).url;
+    let url = websocket_url(server.addr);
     let host = Peer::connect(peer_config(&url, true))
         .await
         .context("the host cannot connect")?;
     let mut rows = Vec::new();
     for &(mib, runs) in transfers {
         eprintln!("bench: data channel, {mib} MiB × {runs}");
-        let (text, hash) = phoenix::page(mib * MIB, mib as u64);
+        let (text, hash) = load::page(mib * MIB, mib as u64);
         host.share(text.into_bytes())
             .await
             .context("the host cannot share a large page")?;
@@ -122,8 +122,8 @@ pub async fn flash_crowd(visitors: usize, spread: Duration) -> Result<Vec<Row>> 
     // most: the default per-address join limit (50/s) would spread the
     // crowd out, and the benchmark is about the server's selection.
     let server = children::signal_server(children::NO_PER_ADDRESS_LIMITS).await?;
-    let url = Endpoint::phoenix(server.addr).url;
-    let (text, hash) = phoenix::page(10 * 1024, 7);
+    let url = websocket_url(server.addr);
+    let (text, hash) = load::page(10 * 1024, 7);
     let host = Peer::connect(peer_config(&url, true))
         .await
         .context("the host cannot connect")?;

@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ephemeral_peer::{FetchOptions, PageHash, Peer, PeerConfig, Transport};
+use ephemeral_phoenix_client::{Client, websocket_url};
 use ephemeral_shared::Topic;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::children;
-use crate::phoenix::{self, Endpoint, Phoenix};
 use crate::report::{Better, Percentiles, Row, Value};
+use crate::{children, load};
 
 const BENCHMARK: &str = "1. Time to content, 10 KB page";
 const PAGE_BYTES: usize = 10 * 1024;
@@ -185,8 +185,8 @@ async fn ours(samples: &Samples) -> Result<Ours> {
     // come one every few milliseconds: the default 50 joins per second per
     // address would pace them, and the numbers would be the limit's.
     let server = children::signal_server(children::NO_PER_ADDRESS_LIMITS).await?;
-    let url = Endpoint::phoenix(server.addr).url;
-    let (text, hash) = phoenix::page(PAGE_BYTES, 0);
+    let url = websocket_url(server.addr);
+    let (text, hash) = load::page(PAGE_BYTES, 0);
     let mut hosts = Vec::new();
     for _ in 0..HOSTS {
         let host = Peer::connect(peer_config(&url, true))
@@ -283,7 +283,7 @@ async fn seed_mode(visitors: usize) -> Result<(Vec<Duration>, usize)> {
     ]
     .concat();
     let server = children::signal_server(&flags).await?;
-    let endpoint = Endpoint::phoenix(server.addr);
+    let url = websocket_url(server.addr);
     let mut waits = Vec::with_capacity(visitors);
     let mut gave_up = 0;
     let mut next_seed = 1_000;
@@ -292,7 +292,7 @@ async fn seed_mode(visitors: usize) -> Result<(Vec<Duration>, usize)> {
         let batch = remaining.min(SEED_BATCH);
         remaining -= batch;
         let pages: Vec<(String, PageHash)> = (0..batch)
-            .map(|i| phoenix::page(PAGE_BYTES, next_seed + i as u64))
+            .map(|i| load::page(PAGE_BYTES, next_seed + i as u64))
             .collect();
         next_seed += batch as u64;
         let texts: Arc<HashMap<String, String>> = Arc::new(
@@ -303,16 +303,16 @@ async fn seed_mode(visitors: usize) -> Result<(Vec<Duration>, usize)> {
         );
         let mut host_tasks = Vec::new();
         for i in 0..HOSTS {
-            let mut host = Phoenix::connect(&endpoint, phoenix::source_ip(i)).await?;
+            let mut host = Client::connect_from(&url, load::source_ip(i)).await?;
             for topic in texts.keys() {
                 host.join(topic).await?;
             }
             host_tasks.push(tokio::spawn(relay_host(host, texts.clone())));
         }
         let visits = pages.iter().enumerate().map(|(i, (_, hash))| {
-            let endpoint = endpoint.clone();
+            let url = url.clone();
             let hash = *hash;
-            tokio::spawn(async move { seed_visit(&endpoint, hash, phoenix::source_ip(i)).await })
+            tokio::spawn(async move { seed_visit(&url, hash, load::source_ip(i)).await })
         });
         for visit in futures_util::future::join_all(visits).await {
             match visit.context("a seed-mode visitor panicked")? {
@@ -331,7 +331,7 @@ async fn seed_mode(visitors: usize) -> Result<(Vec<Duration>, usize)> {
 
 /// A host as the seed's were: answers every `content_request` it gets by
 /// sending the page over the websocket.
-pub async fn relay_host(mut host: Phoenix, texts: Arc<HashMap<String, String>>) -> Result<()> {
+pub async fn relay_host(mut host: Client, texts: Arc<HashMap<String, String>>) -> Result<()> {
     loop {
         let frame = host.next_frame().await?;
         if frame.event != "content_request" {
@@ -347,13 +347,13 @@ pub async fn relay_host(mut host: Phoenix, texts: Arc<HashMap<String, String>>) 
 /// A seed visitor: join, wait 2 s, ask, ask again every 2 s. `None` if no
 /// page came after [`SEED_MAX_REQUESTS`].
 async fn seed_visit(
-    endpoint: &Endpoint,
+    url: &str,
     hash: PageHash,
     source: std::net::Ipv4Addr,
 ) -> Result<Option<Duration>> {
     let start = Instant::now();
     let want = Topic::want(hash).to_string();
-    let mut visitor = Phoenix::connect(endpoint, source).await?;
+    let mut visitor = Client::connect_from(url, source).await?;
     visitor.join(&want).await?;
     tokio::time::sleep(SEED_FIRST_REQUEST).await;
     for _ in 0..SEED_MAX_REQUESTS {

@@ -1,8 +1,9 @@
 //! `ephemeral-peer`: share a page from a terminal, or get one.
 //!
 //! ```text
-//! ephemeral-peer share page.html          # prints the URL, hosts until Ctrl-C
-//! ephemeral-peer get http://host/<hash>   # writes the page to stdout
+//! ephemeral-peer share page.html --server http://host:4000
+//!                                             # prints http://host:4000/<hash>, hosts until Ctrl-C
+//! ephemeral-peer get http://host:4000/<hash>  # from the link's server, to stdout
 //! ```
 //!
 //! Exit codes say what went wrong, so scripts can tell: see [`Exit`] (and
@@ -15,10 +16,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ephemeral_peer::peer::FetchProgress;
+use ephemeral_peer::signaling::ConnectError;
 use ephemeral_peer::{FetchError, FetchOptions, PageHash, Peer, PeerConfig, PeerError};
 use ephemeral_shared::FetchFailure;
+use ephemeral_shared::link::{PageError, PageLink, Server, ServerError};
 use ephemeral_shared::protocol::IceServer;
 use ephemeral_shared::size::{Bytes, compared};
 use tokio::sync::watch;
@@ -54,12 +58,15 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct Options {
-    /// The signaling server's websocket URL.
+    /// The signaling server: `http(s)://host:port`, as in its page links,
+    /// or its websocket, `ws(s)://host:port/ws/websocket?vsn=2.0.0`; no
+    /// scheme means http. `get` uses a page link's own server, and refuses
+    /// a --server flag that names another.
     #[arg(
         long,
         global = true,
         env = "EPHEMERAL_SERVER",
-        default_value = "ws://127.0.0.1:4000/ws/websocket?vsn=2.0.0"
+        default_value = "http://127.0.0.1:4000"
     )]
     server: String,
     /// Never use WebRTC: get and serve pages through the server.
@@ -82,14 +89,18 @@ struct Options {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Host a page: prints its URL, then serves it until Ctrl-C.
+    /// Host a page: prints its link, then serves it until Ctrl-C.
     Share {
         /// The page (UTF-8 text); `-` reads stdin.
         file: String,
     },
-    /// Get a page by URL or hash, verify it and write it out.
+    /// Get a page by link or hash, verify it and write it out.
     Get {
-        /// `http://<server>/<hash>` or the 64-hex-digit hash.
+        /// The page's link, `http(s)://host:port/<hash>`, got from the
+        /// server it names (whatever EPHEMERAL_SERVER says); or the <hash>
+        /// alone, 64 lowercase hex digits, got from --server. A link
+        /// together with a --server flag naming another server is refused:
+        /// to go through that server, pass the hash alone.
         page: String,
         /// Write here instead of stdout.
         #[arg(short, long)]
@@ -116,6 +127,41 @@ enum Exit {
     TooLarge = 5,
 }
 
+/// Who named the server a command talks to: it decides whether a page
+/// link may take its place, and what to suggest when it does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Flag,
+    Env,
+    Default,
+    Link,
+}
+
+/// The server a command talks to.
+#[derive(Debug, Clone)]
+struct Named {
+    server: Server,
+    by: Origin,
+}
+
+/// The server did not answer as one.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the server at {server}: {cause}")]
+struct Unreachable {
+    server: Server,
+    by: Origin,
+    cause: ConnectError,
+}
+
+/// A page link and `--server` that name different servers: going through
+/// either one would ignore something the person typed.
+#[derive(Debug, thiserror::Error)]
+#[error("the link is on {link}, but --server names {flag}")]
+struct ServersDiffer {
+    link: Server,
+    flag: Server,
+}
+
 /// Why `share` will not host a page.
 #[derive(Debug, thiserror::Error)]
 enum ShareRefused {
@@ -135,7 +181,19 @@ fn over_relay_limit(size: u64, max_relay: u64) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, by) = match parse_args(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            let _ = error.print();
+            // Clap's own code for bad arguments is 2, which here means the
+            // server could not be reached.
+            return if error.use_stderr() {
+                ExitCode::from(Exit::Error as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EPHEMERAL_LOG")
@@ -150,7 +208,7 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Error as u8);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, by)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             match hint(&error) {
@@ -162,8 +220,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, and who named the server: clap alone cannot say
+/// whether `--server` was typed or is the environment's or the default.
+fn parse_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<(Cli, Origin), clap::Error> {
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|error| error.format(&mut Cli::command()))?;
+    let by = match matches.value_source("server") {
+        Some(ValueSource::CommandLine) => Origin::Flag,
+        Some(ValueSource::EnvVariable) => Origin::Env,
+        _ => Origin::Default,
+    };
+    Ok((cli, by))
+}
+
 fn exit_code(error: &anyhow::Error) -> Exit {
-    if let Some(PeerError::Unreachable { .. }) = error.downcast_ref::<PeerError>() {
+    if error.downcast_ref::<Unreachable>().is_some() {
         return Exit::Unreachable;
     }
     if error.downcast_ref::<ShareRefused>().is_some() {
@@ -184,6 +257,26 @@ fn exit_code(error: &anyhow::Error) -> Exit {
 fn hint(error: &anyhow::Error) -> Option<String> {
     let raise =
         |size: u64, verb: &str| format!("pass --max-page-bytes {size} (or more) to {verb} it");
+    if let Some(unreachable) = error.downcast_ref::<Unreachable>() {
+        return Some(unreachable_hint(unreachable));
+    }
+    if error.downcast_ref::<ServersDiffer>().is_some() {
+        return Some(
+            "drop --server to use the link's server, or pass the hash alone \
+             to get the page through --server's"
+                .to_string(),
+        );
+    }
+    if error.downcast_ref::<PageError>().is_some() {
+        return Some(
+            "a page link looks like http://127.0.0.1:4000/<hash>, <hash> being \
+             64 lowercase hex digits (0-9, a-f); the <hash> alone is got from --server"
+                .to_string(),
+        );
+    }
+    if error.downcast_ref::<ServerError>().is_some() {
+        return Some("a server address looks like http://127.0.0.1:4000".to_string());
+    }
     if let Some(refused) = error.downcast_ref::<ShareRefused>() {
         return Some(match refused {
             ShareRefused::OverOwnLimit { size, .. } => raise(*size, "share"),
@@ -205,22 +298,90 @@ fn hint(error: &anyhow::Error) -> Option<String> {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = peer_config(&cli.options)?;
-    match cli.command {
-        Command::Share { file } => share(config, &file).await,
-        Command::Get { page, output, host } => get(config, &page, output, host).await,
+/// Where the address came from, since that is what to change when it is
+/// wrong; first, when nothing answered, whether the server runs at all.
+fn unreachable_hint(unreachable: &Unreachable) -> String {
+    let whence = match unreachable.by {
+        Origin::Flag => "--server named it",
+        Origin::Env => "EPHEMERAL_SERVER named it",
+        Origin::Default => "the default: name another with --server or EPHEMERAL_SERVER",
+        Origin::Link => {
+            "the link named it; to go through another server, pass the hash alone with --server"
+        }
+    };
+    match unreachable.cause {
+        ConnectError::Io(_) | ConnectError::Timeout(_) => {
+            format!("is the server running? ({whence})")
+        }
+        _ => whence.to_string(),
     }
 }
 
-fn peer_config(options: &Options) -> anyhow::Result<PeerConfig> {
+async fn run(cli: Cli, by: Origin) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Share { file } => {
+            let named = server_for(None, &cli.options.server, by)?;
+            let config = peer_config(&cli.options, &named.server)?;
+            share(config, named, &file).await
+        }
+        Command::Get { page, output, host } => {
+            let link = page
+                .parse::<PageLink>()
+                .with_context(|| format!("{page:?} is neither a page link nor a page hash"))?;
+            let named = server_for(link.server, &cli.options.server, by)?;
+            let config = peer_config(&cli.options, &named.server)?;
+            get(config, named, link.hash, output, host).await
+        }
+    }
+}
+
+/// The server to talk to: a page link's, unless `--server` was typed and
+/// names another; otherwise `--server`'s (flag, environment or default).
+/// An address that a link makes irrelevant is not even read.
+fn server_for(link: Option<Server>, server: &str, by: Origin) -> anyhow::Result<Named> {
+    if let Some(link) = &link
+        && by != Origin::Flag
+    {
+        return Ok(Named {
+            server: link.clone(),
+            by: Origin::Link,
+        });
+    }
+    let named = server.parse::<Server>().with_context(|| match by {
+        Origin::Env => format!("EPHEMERAL_SERVER={server:?} is not a server address"),
+        _ => format!("--server {server:?} is not a server address"),
+    })?;
+    match link {
+        None => Ok(Named { server: named, by }),
+        Some(link) if link == named => Ok(Named {
+            server: link,
+            by: Origin::Link,
+        }),
+        Some(link) => Err(ServersDiffer { link, flag: named }.into()),
+    }
+}
+
+/// Connects, or says once which server did not answer and why.
+async fn connect(config: PeerConfig, named: &Named) -> anyhow::Result<Peer> {
+    Peer::connect(config).await.map_err(|error| match error {
+        PeerError::Unreachable { cause, .. } => Unreachable {
+            server: named.server.clone(),
+            by: named.by,
+            cause,
+        }
+        .into(),
+        other => other.into(),
+    })
+}
+
+fn peer_config(options: &Options, server: &Server) -> anyhow::Result<PeerConfig> {
     // An hour is far past any useful wait, and keeps deadlines computed
     // from it far from overflowing.
     const MAX_RTC_TIMEOUT_SECS: f64 = 3600.0;
     if !(options.rtc_timeout > 0.0 && options.rtc_timeout <= MAX_RTC_TIMEOUT_SECS) {
         anyhow::bail!("--rtc-timeout must be a number of seconds above 0 and at most 3600");
     }
-    let mut config = PeerConfig::new(options.server.clone());
+    let mut config = PeerConfig::new(server.websocket_url());
     config.rtc.bind = options.bind;
     config.rtc.ice_servers = options.ice_servers.clone();
     config.fetch.webrtc = !options.relay_only;
@@ -229,30 +390,7 @@ fn peer_config(options: &Options) -> anyhow::Result<PeerConfig> {
     Ok(config)
 }
 
-/// The page's URL on the server's web client: same host, over HTTP(S).
-fn page_url(server: &str, hash: PageHash) -> String {
-    let (scheme, rest) = match server.split_once("://") {
-        Some(("wss", rest)) => ("https", rest),
-        Some((_, rest)) => ("http", rest),
-        None => ("http", server),
-    };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    format!("{scheme}://{authority}/{hash}")
-}
-
-/// The hash in `http://host/<hash>`, `<hash>`, or anything ending in it.
-fn parse_page(page: &str) -> anyhow::Result<PageHash> {
-    let last = page
-        .trim()
-        .trim_end_matches('/')
-        .rsplit(['/', '#', '='])
-        .next()
-        .unwrap_or_default();
-    last.parse::<PageHash>()
-        .with_context(|| format!("{page:?} is neither a page URL nor a page hash"))
-}
-
-async fn share(config: PeerConfig, file: &str) -> anyhow::Result<()> {
+async fn share(config: PeerConfig, named: Named, file: &str) -> anyhow::Result<()> {
     let max = config.fetch.max_page_bytes;
     let bytes = if file == "-" {
         let mut bytes = Vec::new();
@@ -278,9 +416,8 @@ async fn share(config: PeerConfig, file: &str) -> anyhow::Result<()> {
         .into());
     }
     let size = bytes.len();
-    let server = config.server.clone();
     let relay_only = !config.fetch.webrtc;
-    let peer = Peer::connect(config).await?;
+    let peer = connect(config, &named).await?;
     let hash = peer.share(bytes).await?;
     // The join reply just told us the server's relay limit.
     let max_relay = peer.status().borrow().max_relay_bytes;
@@ -294,7 +431,7 @@ async fn share(config: PeerConfig, file: &str) -> anyhow::Result<()> {
         }
         .into());
     }
-    println!("{}", page_url(&server, hash));
+    println!("{}", named.server.page_link(hash));
     let _ = std::io::stdout().flush();
     say_if_webrtc_only(size, max_relay);
     eprintln!("hosting {hash}; Ctrl-C to stop");
@@ -361,12 +498,12 @@ async fn host_until_interrupted(peer: &Peer, hash: PageHash) -> anyhow::Result<(
 
 async fn get(
     config: PeerConfig,
-    page: &str,
+    named: Named,
+    hash: PageHash,
     output: Option<PathBuf>,
     host: bool,
 ) -> anyhow::Result<()> {
-    let hash = parse_page(page)?;
-    let peer = Peer::connect(config).await?;
+    let peer = connect(config, &named).await?;
     let (progress_tx, progress_rx) = watch::channel(FetchProgress {
         phase: ephemeral_shared::Phase::Asking,
         received: 0,
@@ -450,39 +587,34 @@ async fn report_progress(mut progress: watch::Receiver<FetchProgress>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn page_urls_follow_the_server() {
-        let hash = PageHash::of(b"x");
-        assert_eq!(
-            page_url("ws://127.0.0.1:4000/ws/websocket?vsn=2.0.0", hash),
-            format!("http://127.0.0.1:4000/{hash}")
-        );
-        assert_eq!(
-            page_url("wss://pages.example/ws/websocket?vsn=2.0.0", hash),
-            format!("https://pages.example/{hash}")
-        );
+    fn server(s: &str) -> Server {
+        s.parse().expect("a server address")
     }
 
     #[test]
     fn flags_reach_the_peer_config() {
-        let cli = Cli::try_parse_from([
-            "ephemeral-peer",
-            "get",
-            "abc",
-            "--relay-only",
-            "--rtc-timeout",
-            "1.5",
-            "--bind",
-            "127.0.0.1",
-            "--ice-server",
-            "stun:127.0.0.1:3478",
-            "--ice-server",
-            "turn:u:p@127.0.0.1:3478",
-            "--server",
-            "ws://127.0.0.1:9/ws/websocket?vsn=2.0.0",
-        ])
+        let (cli, by) = parse_args(
+            [
+                "ephemeral-peer",
+                "get",
+                "abc",
+                "--relay-only",
+                "--rtc-timeout",
+                "1.5",
+                "--bind",
+                "127.0.0.1",
+                "--ice-server",
+                "stun:127.0.0.1:3478",
+                "--ice-server",
+                "turn:u:p@127.0.0.1:3478",
+                "--server",
+                "http://127.0.0.1:9",
+            ]
+            .map(Into::into),
+        )
         .expect("the flags parse");
-        let config = peer_config(&cli.options).expect("a config");
+        assert_eq!(by, Origin::Flag, "a global flag after the subcommand");
+        let config = peer_config(&cli.options, &server(&cli.options.server)).expect("a config");
         assert!(!config.fetch.webrtc);
         assert_eq!(config.fetch.rtc_timeout, Duration::from_millis(1500));
         assert_eq!(config.rtc.bind, IpAddr::from([127, 0, 0, 1]));
@@ -493,7 +625,7 @@ mod tests {
         for bad in ["0", "NaN", "inf", "1e30"] {
             let bad = Cli::try_parse_from(["ephemeral-peer", "--rtc-timeout", bad, "get", "x"])
                 .expect("parses");
-            assert!(peer_config(&bad.options).is_err());
+            assert!(peer_config(&bad.options, &server("h")).is_err());
         }
     }
 
@@ -544,17 +676,89 @@ mod tests {
     }
 
     #[test]
-    fn pages_are_named_by_url_or_hash() {
-        let hash = PageHash::of(b"x");
-        assert_eq!(parse_page(&hash.to_string()).unwrap(), hash);
+    fn a_link_names_its_server_unless_a_typed_server_differs() {
+        let link = Some(server("http://127.0.0.1:4000"));
+        let typed = "ws://127.0.0.1:4000/ws/websocket?vsn=2.0.0";
+        for by in [Origin::Flag, Origin::Env, Origin::Default] {
+            let named = server_for(link.clone(), typed, by).expect("the same server");
+            assert_eq!(named.by, Origin::Link);
+            assert_eq!(named.server.to_string(), "http://127.0.0.1:4000");
+        }
+        for by in [Origin::Env, Origin::Default] {
+            let named = server_for(link.clone(), "not a server", by).expect("the link's");
+            assert_eq!(named.server, server("127.0.0.1:4000"), "{by:?} is not read");
+        }
+        let differ = server_for(link.clone(), "http://127.0.0.1:4001", Origin::Flag)
+            .expect_err("two servers typed");
         assert_eq!(
-            parse_page(&format!("http://127.0.0.1:4000/{hash}")).unwrap(),
-            hash
+            format!("{differ:#}"),
+            "the link is on http://127.0.0.1:4000, but --server names http://127.0.0.1:4001"
+        );
+        assert!(hint(&differ).is_some_and(|h| h.contains("hash alone")));
+        assert_eq!(exit_code(&differ) as u8, 1);
+
+        let bare = server_for(None, "https://pages.example", Origin::Env).expect("a server");
+        assert_eq!(
+            (bare.server, bare.by),
+            (server("wss://pages.example"), Origin::Env)
+        );
+    }
+
+    #[test]
+    fn the_server_defaults_to_localhost_and_its_origin_is_known() {
+        let (cli, by) = parse_args(["ephemeral-peer", "get", "x"].map(Into::into)).expect("parses");
+        if std::env::var_os("EPHEMERAL_SERVER").is_none() {
+            assert_eq!(by, Origin::Default);
+            assert_eq!(cli.options.server, "http://127.0.0.1:4000");
+        }
+        let (_, by) = parse_args(["ephemeral-peer", "--server", "h", "get", "x"].map(Into::into))
+            .expect("parses");
+        assert_eq!(by, Origin::Flag);
+    }
+
+    #[test]
+    fn bad_addresses_say_which_and_why_once() {
+        let bad_flag = server_for(None, "ftp://h", Origin::Flag).expect_err("not a server");
+        assert_eq!(
+            format!("{bad_flag:#}"),
+            "--server \"ftp://h\" is not a server address: ftp:// is not a scheme the server \
+             speaks: use http://, https://, ws:// or wss://"
+        );
+        assert!(hint(&bad_flag).is_some_and(|h| h.contains("http://127.0.0.1:4000")));
+        let bad_env = server_for(None, "h:x", Origin::Env).expect_err("not a port");
+        assert!(format!("{bad_env:#}").starts_with("EPHEMERAL_SERVER=\"h:x\""));
+
+        let page = "http://127.0.0.1:4000/abc"
+            .parse::<PageLink>()
+            .context("\"http://127.0.0.1:4000/abc\" is neither a page link nor a page hash")
+            .expect_err("a short hash");
+        assert_eq!(
+            format!("{page:#}"),
+            "\"http://127.0.0.1:4000/abc\" is neither a page link nor a page hash: \
+             a page hash has 64 hex digits, this has 3 characters"
+        );
+        assert!(hint(&page).is_some_and(|h| h.contains("64 lowercase hex digits")));
+        assert_eq!(exit_code(&page) as u8, 1);
+    }
+
+    #[test]
+    fn an_unreachable_server_exits_2_and_says_its_cause_once() {
+        let refused = anyhow::Error::new(Unreachable {
+            server: server("127.0.0.1:4000"),
+            by: Origin::Default,
+            cause: ConnectError::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        });
+        assert_eq!(exit_code(&refused) as u8, 2);
+        assert_eq!(
+            format!("{refused:#}"),
+            "cannot reach the server at http://127.0.0.1:4000: connection refused"
         );
         assert_eq!(
-            parse_page(&format!("http://127.0.0.1:4000/#/{hash}/")).unwrap(),
-            hash
+            hint(&refused).as_deref(),
+            Some(
+                "is the server running? \
+                 (the default: name another with --server or EPHEMERAL_SERVER)"
+            )
         );
-        assert!(parse_page("http://127.0.0.1:4000/").is_err());
     }
 }

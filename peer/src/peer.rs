@@ -87,12 +87,10 @@ impl PeerConfig {
 /// Why a peer could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("cannot reach the server at {url}: {source}")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: ConnectError,
-    },
+    /// The cause is in the message and is not a `source`: an error chain
+    /// printed in full would say it twice.
+    #[error("cannot reach the server at {url}: {cause}")]
+    Unreachable { url: String, cause: ConnectError },
     #[error("pages are UTF-8 text, and this is not valid UTF-8: {0}")]
     NotUtf8(#[from] std::str::Utf8Error),
     #[error("the server refused: {0}")]

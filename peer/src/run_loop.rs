@@ -98,9 +98,9 @@ impl RunLoop {
     ) -> Result<Self, PeerError> {
         let (sender, receiver) = signaling::connect(&config.server, config.connect_timeout)
             .await
-            .map_err(|source| PeerError::Unreachable {
+            .map_err(|cause| PeerError::Unreachable {
                 url: config.server.clone(),
-                source,
+                cause,
             })?;
         let epoch = Instant::now();
         let client = Client::new(config.client(), rand::random(), Duration::ZERO);

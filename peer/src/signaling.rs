@@ -11,18 +11,54 @@ use std::time::Duration;
 use ephemeral_shared::Frame;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message, error::UrlError, http::StatusCode};
 
 /// Incoming frames buffered between the reader task and the peer's loop.
 const INCOMING_BUFFER: usize = 256;
 
-/// Why the server could not be reached.
+/// Why the server could not be reached, in words for whoever runs the
+/// peer. Each message says its cause itself, so none has a `source` that
+/// an error chain would print a second time.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("{0}")]
-    Websocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("{}", io_words(.0))]
+    Io(std::io::Error),
+    #[error("it answered HTTP {0} instead of opening a websocket; is it an Ephemeral server?")]
+    NotWebsocket(StatusCode),
+    #[error("this build has no TLS, so it cannot open wss:// (https) connections")]
+    NoTls,
+    #[error("the websocket handshake failed ({0}); is it an Ephemeral server?")]
+    Websocket(tungstenite::Error),
+}
+
+impl From<tungstenite::Error> for ConnectError {
+    fn from(error: tungstenite::Error) -> Self {
+        match error {
+            tungstenite::Error::Io(error) => Self::Io(error),
+            tungstenite::Error::Http(response) => Self::NotWebsocket(response.status()),
+            tungstenite::Error::Url(UrlError::TlsFeatureNotEnabled) => Self::NoTls,
+            other => Self::Websocket(other),
+        }
+    }
+}
+
+/// The common socket failures in plain words; the OS's own text (with its
+/// `(os error 111)`) for the rest.
+fn io_words(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+            "the connection was cut".to_string()
+        }
+        ErrorKind::TimedOut => "the connection timed out".to_string(),
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+            "no route to the host".to_string()
+        }
+        _ => error.to_string(),
+    }
 }
 
 /// The sending half: frames are queued and written in order by a task.

@@ -10,12 +10,16 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ephemeral_phoenix_client::{Client, Ended, Error, Message, Reply};
 use ephemeral_shared::protocol::Reason;
-use serde_json::{Value, json};
+use serde_json::json;
 use signal_server::{Config, RunningServer};
-use support::{Client, Ended, closed_within, http_get, page, server, tcp_from};
+use support::{
+    closed_within, connect, connect_from, expect_count, from_address, http_get, page, reason,
+    server, tcp_from,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite;
 
 /// The slowest of a bystander's heartbeat round trips while an attack runs
 /// must stay under this: loose enough for a debug build on two loaded
@@ -23,19 +27,21 @@ use tokio_tungstenite::tungstenite::Message;
 /// (seconds, or no answer at all).
 const BYSTANDER_SLOWEST: Duration = Duration::from_millis(300);
 
-fn reason(response: &Value) -> &str {
-    response["reason"].as_str().unwrap_or("<none>")
-}
-
-async fn bystander_is_fine(server: &RunningServer) {
+async fn bystander_is_fine(server: &RunningServer) -> Result<(), Error> {
     let (have, _) = page("a bystander's own page");
-    let mut bystander = Client::connect(server).await;
-    bystander.join(&have).await;
-    let slowest = bystander.slowest_heartbeat(30).await;
+    let mut bystander = connect(server).await?;
+    bystander.join(&have).await?;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..30 {
+        let start = Instant::now();
+        bystander.heartbeat().await?;
+        slowest = slowest.max(start.elapsed());
+    }
     assert!(
         slowest < BYSTANDER_SLOWEST,
         "a bystander's slowest heartbeat took {slowest:?}"
     );
+    Ok(())
 }
 
 /// Polls `done` every 20 ms for up to `limit`; whether it came true.
@@ -51,7 +57,7 @@ async fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_is_closed_within_the_write_bounds() {
+async fn a_client_that_stops_reading_is_closed_within_the_write_bounds() -> anyhow::Result<()> {
     let config = Config {
         max_message_bytes: 256 * 1024,
         max_frame_bytes: 256 * 1024,
@@ -65,19 +71,21 @@ async fn a_client_that_stops_reading_is_closed_within_the_write_bounds() {
     let server = server(config).await;
     let (have, want) = page("stalled");
     // The staller hosts the page and never reads a byte.
-    let mut staller = Client::try_connect_from(&server, "127.0.0.2", Some(4096))
-        .await
-        .expect("connects");
-    let staller_id = staller.peer_id(&have).await;
-    let mut sender = Client::connect_from(&server, "127.0.0.3").await;
-    sender.join(&want).await;
+    let mut staller = Client::connect_with(
+        &server.websocket_url(),
+        from_address("127.0.0.2").receive_buffer(4096),
+    )
+    .await?;
+    let staller_id = staller.join_for_id(&have).await?;
+    let mut sender = connect_from(&server, "127.0.0.3").await?;
+    sender.join(&want).await?;
     let body = "x".repeat(60 * 1024);
     let signal = json!({"to": staller_id, "type": "offer", "sdp": body});
     let metrics = server.metrics();
     let start = Instant::now();
     let mut sent = 0;
     while metrics.rejected(Reason::SlowConsumer) == 0 && start.elapsed() < Duration::from_secs(15) {
-        sender.push(&want, "signal", signal.clone()).await;
+        sender.push(&want, "signal", signal.clone()).await?;
         sent += 1;
         if sent % 20 == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -97,25 +105,26 @@ async fn a_client_that_stops_reading_is_closed_within_the_write_bounds() {
     );
     // (The sender, which kept signalling a peer that was gone, may itself
     // have been cut off for it: ask from a fresh socket.)
-    let mut visitor = Client::connect(&server).await;
-    visitor.join(&want).await;
-    let (status, response) = visitor.call(&want, "content_request", json!({})).await;
+    let mut visitor = connect(&server).await?;
+    visitor.join(&want).await?;
+    let Reply { status, response } = visitor.call(&want, "content_request", json!({})).await?;
     assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
     drop((staller, sender));
-    bystander_is_fine(&server).await;
+    bystander_is_fine(&server).await?;
+    Ok(())
 }
 
 #[tokio::test]
-async fn every_event_has_a_size_cap() {
+async fn every_event_has_a_size_cap() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
     let (have, want) = page("caps");
-    let mut host = Client::connect(&server).await;
-    let host_id = host.peer_id(&have).await;
-    let mut visitor = Client::connect(&server).await;
-    visitor.join(&want).await;
+    let mut host = connect(&server).await?;
+    let host_id = host.join_for_id(&have).await?;
+    let mut visitor = connect(&server).await?;
+    visitor.join(&want).await?;
 
     let huge = json!({"to": host_id, "type": "offer", "sdp": "x".repeat(70 * 1024)});
-    let (status, response) = visitor.call(&want, "signal", huge).await;
+    let Reply { status, response } = visitor.call(&want, "signal", huge).await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "message_too_large")
@@ -125,7 +134,7 @@ async fn every_event_has_a_size_cap() {
         "{response}"
     );
     let padded = json!({"pad": "x".repeat(9 * 1024)});
-    let (status, response) = visitor.call("phoenix", "heartbeat", padded).await;
+    let Reply { status, response } = visitor.call("phoenix", "heartbeat", padded).await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "message_too_large")
@@ -137,27 +146,28 @@ async fn every_event_has_a_size_cap() {
             "signal",
             json!({"to": host_id, "type": "offer", "sdp": "v=0"}),
         )
-        .await;
-    host.expect(|f| f.event == "signal").await;
+        .await?;
+    host.expect_push(&have, "signal").await?;
+    Ok(())
 }
 
 #[tokio::test]
-async fn exclude_lists_are_capped_and_big_pages_do_not_slow_others() {
+async fn exclude_lists_are_capped_and_big_pages_do_not_slow_others() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
     let (have, want) = page("crowded");
     let mut hosts = Vec::new();
     let mut host_ids = Vec::new();
     for _ in 0..40 {
-        let mut host = Client::connect_from(&server, "127.0.0.2").await;
-        host_ids.push(host.peer_id(&have).await);
+        let mut host = connect_from(&server, "127.0.0.2").await?;
+        host_ids.push(host.join_for_id(&have).await?);
         hosts.push(host);
     }
-    let mut visitor = Client::connect_from(&server, "127.0.0.3").await;
-    visitor.join(&want).await;
+    let mut visitor = connect_from(&server, "127.0.0.3").await?;
+    visitor.join(&want).await?;
     let too_many: Vec<String> = (0..65).map(|i| format!("{i:032x}")).collect();
-    let (status, response) = visitor
+    let Reply { status, response } = visitor
         .call(&want, "content_request", json!({"exclude": too_many}))
-        .await;
+        .await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "bad_payload")
@@ -170,8 +180,8 @@ async fn exclude_lists_are_capped_and_big_pages_do_not_slow_others() {
     // bystander on another page keeps its latency.
     let mut attackers = Vec::new();
     for _ in 0..10 {
-        let mut attacker = Client::connect_from(&server, "127.0.0.4").await;
-        attacker.join(&want).await;
+        let mut attacker = connect_from(&server, "127.0.0.4").await?;
+        attacker.join(&want).await?;
         attackers.push(attacker);
     }
     let exclude: Vec<String> = host_ids.iter().take(39).cloned().collect();
@@ -180,24 +190,25 @@ async fn exclude_lists_are_capped_and_big_pages_do_not_slow_others() {
             for attacker in &mut attackers {
                 attacker
                     .push(&want, "content_request", json!({"exclude": exclude}))
-                    .await;
+                    .await?;
             }
         }
-        attackers
+        Ok::<_, Error>(attackers)
     });
-    bystander_is_fine(&server).await;
+    bystander_is_fine(&server).await?;
     let _ = attack.await;
+    Ok(())
 }
 
 #[tokio::test]
-async fn slow_silent_and_idle_http_connections_are_closed() {
+async fn slow_silent_and_idle_http_connections_are_closed() -> anyhow::Result<()> {
     let config = Config {
         http_header_timeout_secs: 1,
         ..Config::default()
     };
     let server = server(config).await;
-    let mut silent = tcp_from(&server, "127.0.0.2", None).await.unwrap();
-    let mut dripping = tcp_from(&server, "127.0.0.2", None).await.unwrap();
+    let mut silent = tcp_from(&server, "127.0.0.2").await?;
+    let mut dripping = tcp_from(&server, "127.0.0.2").await?;
     dripping.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     let drip = tokio::spawn(async move {
         for _ in 0..20 {
@@ -208,7 +219,7 @@ async fn slow_silent_and_idle_http_connections_are_closed() {
         }
         closed_within(&mut dripping, Duration::from_millis(100)).await
     });
-    let mut idle = tcp_from(&server, "127.0.0.2", None).await.unwrap();
+    let mut idle = tcp_from(&server, "127.0.0.2").await?;
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -229,10 +240,11 @@ async fn slow_silent_and_idle_http_connections_are_closed() {
         "headers dripped for 3 s were still read"
     );
     assert!(server.metrics().rejected(Reason::HttpTimeout) >= 2);
+    Ok(())
 }
 
 #[tokio::test]
-async fn reconnecting_in_a_loop_is_cut_off_at_accept() {
+async fn reconnecting_in_a_loop_is_cut_off_at_accept() -> anyhow::Result<()> {
     let config = Config {
         connections_per_second_per_address: 5,
         ..Config::default()
@@ -241,7 +253,7 @@ async fn reconnecting_in_a_loop_is_cut_off_at_accept() {
     // Four seconds' worth (20) come through, one at a time; then none.
     let mut accepted = 0;
     for _ in 0..40 {
-        let mut tcp = tcp_from(&server, "127.0.0.2", None).await.unwrap();
+        let mut tcp = tcp_from(&server, "127.0.0.2").await?;
         tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
@@ -256,10 +268,11 @@ async fn reconnecting_in_a_loop_is_cut_off_at_accept() {
     // Another address is served.
     let (status, _, _) = http_get(&server, "/healthz").await;
     assert_eq!(status, 200);
+    Ok(())
 }
 
 #[tokio::test]
-async fn one_address_cannot_hold_every_connection() {
+async fn one_address_cannot_hold_every_connection() -> anyhow::Result<()> {
     let config = Config {
         max_connections_per_address: 10,
         ..Config::default()
@@ -267,34 +280,36 @@ async fn one_address_cannot_hold_every_connection() {
     let server = server(config).await;
     let mut held = Vec::new();
     for _ in 0..10 {
-        held.push(tcp_from(&server, "127.0.0.2", None).await.unwrap());
+        held.push(tcp_from(&server, "127.0.0.2").await?);
     }
-    let mut refused = tcp_from(&server, "127.0.0.2", None).await.unwrap();
+    let mut refused = tcp_from(&server, "127.0.0.2").await?;
     assert!(
         closed_within(&mut refused, Duration::from_secs(2)).await,
         "an 11th connection from one address was kept"
     );
     let mut sockets = Vec::new();
     for _ in 0..10 {
-        sockets.push(Client::connect_from(&server, "127.0.0.3").await);
+        sockets.push(connect_from(&server, "127.0.0.3").await?);
     }
-    let eleventh = Client::try_connect_from(&server, "127.0.0.3", None).await;
+    let eleventh = connect_from(&server, "127.0.0.3").await;
     match eleventh {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 429)
-        }
+        Err(Error::Handshake {
+            source: tungstenite::Error::Http(response),
+            ..
+        }) => assert_eq!(response.status(), 429),
         Err(other) => panic!("expected 429, got {other}"),
         Ok(_) => panic!("an 11th websocket from one address was accepted"),
     }
     // Everyone else is served.
     let (status, _, body) = http_get(&server, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    bystander_is_fine(&server).await;
+    bystander_is_fine(&server).await?;
     assert!(server.metrics().rejected(Reason::TooManyFromAddress) >= 2);
+    Ok(())
 }
 
 #[tokio::test]
-async fn every_frame_counts_against_the_rate_and_floods_are_closed() {
+async fn every_frame_counts_against_the_rate_and_floods_are_closed() -> anyhow::Result<()> {
     let config = Config {
         messages_per_second: 50,
         message_burst: 100,
@@ -312,9 +327,9 @@ async fn every_frame_counts_against_the_rate_and_floods_are_closed() {
     ];
     for (i, (kind, message)) in floods.into_iter().enumerate() {
         let source = format!("127.0.0.{}", 10 + i);
-        let mut flooder = Client::connect_from(&server, &source).await;
+        let mut flooder = connect_from(&server, &source).await?;
         for _ in 0..2000 {
-            if !flooder.send_lossy(message.clone()).await {
+            if flooder.send_message(message.clone()).await.is_err() {
                 break;
             }
         }
@@ -322,7 +337,7 @@ async fn every_frame_counts_against_the_rate_and_floods_are_closed() {
         // server reads until the close handshake ends instead of dropping
         // the socket (which would reset it).
         assert_eq!(
-            flooder.ended().await,
+            flooder.ended().await?,
             Ended::Closed(Some((
                 1008,
                 "flooding: kept sending after being refused".into()
@@ -331,11 +346,12 @@ async fn every_frame_counts_against_the_rate_and_floods_are_closed() {
         );
     }
     assert!(server.metrics().rejected(Reason::Flooding) >= 4);
-    bystander_is_fine(&server).await;
+    bystander_is_fine(&server).await?;
+    Ok(())
 }
 
 #[tokio::test]
-async fn count_broadcasts_do_not_multiply_under_join_leave_toggling() {
+async fn count_broadcasts_do_not_multiply_under_join_leave_toggling() -> anyhow::Result<()> {
     // 200 members from one address: their joins and connections are not
     // what this test is about.
     let config = Config {
@@ -347,19 +363,19 @@ async fn count_broadcasts_do_not_multiply_under_join_leave_toggling() {
     let (have, want) = page("toggled");
     let mut members = Vec::new();
     for _ in 0..199 {
-        let mut member = Client::connect_from(&server, "127.0.0.2").await;
-        member.join(&want).await;
+        let mut member = connect_from(&server, "127.0.0.2").await?;
+        member.join(&want).await?;
         members.push(member);
     }
-    let mut watcher = Client::connect(&server).await;
-    watcher.join(&want).await;
-    let mut toggler = Client::connect_from(&server, "127.0.0.3").await;
+    let mut watcher = connect(&server).await?;
+    watcher.join(&want).await?;
+    let mut toggler = connect_from(&server, "127.0.0.3").await?;
     let before = server.metrics().count_broadcasts.load(Ordering::Relaxed);
     let start = Instant::now();
     for _ in 0..40 {
-        toggler.join(&have).await;
+        toggler.join(&have).await?;
         tokio::time::sleep(Duration::from_millis(25)).await;
-        let (status, _) = toggler.call(&have, "phx_leave", json!({})).await;
+        let Reply { status, .. } = toggler.call(&have, "phx_leave", json!({})).await?;
         assert_eq!(status, "ok");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -372,54 +388,56 @@ async fn count_broadcasts_do_not_multiply_under_join_leave_toggling() {
         "{broadcasts} count broadcasts to 200 members for 80 toggles in {toggled_for:?}"
     );
     // The counts still arrive: the toggler is gone, one waiting watcher.
-    watcher.expect_count(&want, 0, 200).await;
+    expect_count(&mut watcher, &want, 0, 200).await?;
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_slot_held_without_progress_is_freed_for_the_next_visitor() {
+async fn a_slot_held_without_progress_is_freed_for_the_next_visitor() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
     let (have, want) = page("squatted");
-    let mut host = Client::connect(&server).await;
-    host.join(&have).await;
+    let mut host = connect(&server).await?;
+    host.join(&have).await?;
     // Two squatters take the host's two upload slots and never answer.
     let mut squatters = Vec::new();
     for _ in 0..2 {
-        let mut squatter = Client::connect_from(&server, "127.0.0.2").await;
-        squatter.join(&want).await;
-        squatter.push(&want, "content_request", json!({})).await;
+        let mut squatter = connect_from(&server, "127.0.0.2").await?;
+        squatter.join(&want).await?;
+        squatter.push(&want, "content_request", json!({})).await?;
         squatters.push(squatter);
     }
     for _ in 0..2 {
-        host.expect(|f| f.event == "content_request").await;
+        host.expect_push(&have, "content_request").await?;
     }
-    let mut visitor = Client::connect(&server).await;
-    visitor.join(&want).await;
+    let mut visitor = connect(&server).await?;
+    visitor.join(&want).await?;
     let asked = Instant::now();
-    let msg_ref = visitor.push(&want, "content_request", json!({})).await;
+    let msg_ref = visitor.push(&want, "content_request", json!({})).await?;
     let routed = visitor
-        .expect_within(Duration::from_millis(1600), &|f| {
+        .expect_within(Duration::from_millis(1600), |f| {
             f.event == "phx_reply" && f.msg_ref.as_deref() == Some(msg_ref.as_str())
         })
-        .await;
+        .await?;
     let waited = asked.elapsed();
     let routed =
         routed.unwrap_or_else(|| panic!("still waiting after {waited:?} behind slots nobody used"));
     assert_eq!(routed.as_reply().unwrap().0, "ok");
     assert!(server.metrics().rejected(Reason::SlotTimeout) >= 2);
+    Ok(())
 }
 
 #[tokio::test]
-async fn closes_follow_rfc_6455() {
+async fn closes_follow_rfc_6455() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
-    let mut client = Client::connect(&server).await;
+    let client = connect(&server).await?;
     assert_eq!(
-        client.close_and_hear_back().await,
+        client.close().await?,
         Ended::Closed(None),
         "the client's close is echoed"
     );
 
     // Invalid UTF-8 in a text frame: 1007.
-    let mut raw = tcp_from(&server, "127.0.0.1", None).await.unwrap();
+    let mut raw = tcp_from(&server, "127.0.0.1").await?;
     let handshake = "GET /ws/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
@@ -451,41 +469,43 @@ async fn closes_follow_rfc_6455() {
     assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1007);
 
     // A malformed key is refused before the upgrade.
-    let mut bad = tcp_from(&server, "127.0.0.1", None).await.unwrap();
+    let mut bad = tcp_from(&server, "127.0.0.1").await?;
     let handshake = handshake.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
     bad.write_all(handshake.as_bytes()).await.unwrap();
     let mut head = [0u8; 64];
     let n = bad.read(&mut head).await.unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 400"));
+    Ok(())
 }
 
 #[tokio::test]
-async fn error_replies_do_not_echo_long_input() {
+async fn error_replies_do_not_echo_long_input() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
-    let mut client = Client::connect(&server).await;
+    let mut client = connect(&server).await?;
     let topic = format!("have:{}", "z".repeat(4000));
-    let (status, response) = client.call(&topic, "phx_join", json!({})).await;
+    let Reply { status, response } = client.call(&topic, "phx_join", json!({})).await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "unknown_topic")
     );
     let reply = client
-        .expect_within(Duration::from_millis(50), &|_| true)
-        .await;
+        .expect_within(Duration::from_millis(50), |_| true)
+        .await?;
     assert!(reply.is_none());
     let raw = format!(r#"["1","2","{topic}","phx_join",{{}}]"#);
-    client.send_raw(&raw).await;
-    let reply = client.expect(|f| f.event == "phx_reply").await;
+    client.send_text(&raw).await?;
+    let reply = client.expect(|f| f.event == "phx_reply").await?;
     assert!(
         reply.topic.len() <= 80,
         "reply echoed {} bytes",
         reply.topic.len()
     );
     assert!(reply.encode().len() < 1024);
+    Ok(())
 }
 
 #[tokio::test]
-async fn metrics_can_require_a_token_or_move_elsewhere() {
+async fn metrics_can_require_a_token_or_move_elsewhere() -> anyhow::Result<()> {
     let server = server(Config {
         metrics_token: Some("s3cret".into()),
         ..Config::default()
@@ -493,7 +513,7 @@ async fn metrics_can_require_a_token_or_move_elsewhere() {
     .await;
     let (status, _, _) = http_get(&server, "/metrics").await;
     assert_eq!(status, 401);
-    let mut tcp = tcp_from(&server, "127.0.0.1", None).await.unwrap();
+    let mut tcp = tcp_from(&server, "127.0.0.1").await?;
     tcp.write_all(
         b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n",
     )
@@ -515,6 +535,7 @@ async fn metrics_can_require_a_token_or_move_elsewhere() {
     let mut body = String::new();
     tcp.read_to_string(&mut body).await.unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    Ok(())
 }
 
 async fn server_with_metrics_elsewhere() -> RunningServer {

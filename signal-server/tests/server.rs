@@ -6,26 +6,22 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ephemeral_phoenix_client::{Client, Ended, Error, Message, Reply};
 use ephemeral_shared::selection::Selection;
 use serde_json::{Value, json};
 use signal_server::Config;
-use support::{Client, Ended, http_get, page, server};
-use tokio_tungstenite::tungstenite::Message;
-
-fn reason(response: &Value) -> &str {
-    response["reason"].as_str().unwrap_or("<none>")
-}
+use support::{connect, expect_count, http_get, page, reason, server};
 
 #[tokio::test]
-async fn join_reply_carries_peer_id_counts_and_ice_servers() {
+async fn join_reply_carries_peer_id_counts_and_ice_servers() -> anyhow::Result<()> {
     let config = Config {
         ice_servers: vec!["stun:127.0.0.1:3478".parse().unwrap()],
         ..Config::default()
     };
     let server = server(config).await;
     let (have, want) = page("hello");
-    let mut host = Client::connect(&server).await;
-    let reply = host.join(&have).await;
+    let mut host = connect(&server).await?;
+    let reply = host.join(&have).await?;
     let peer_id = reply["peer_id"].as_str().unwrap();
     assert_eq!(peer_id.len(), 32);
     assert!(peer_id.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -49,8 +45,8 @@ async fn join_reply_carries_peer_id_counts_and_ice_servers() {
     assert!(username.ends_with(&format!(":{peer_id}")), "{username}");
     assert_eq!(servers[2]["credential"].as_str().unwrap().len(), 28);
 
-    let mut visitor = Client::connect(&server).await;
-    let reply = visitor.join(&want).await;
+    let mut visitor = connect(&server).await?;
+    let reply = visitor.join(&want).await?;
     assert_eq!(
         (reply["count"].clone(), reply["waiting"].clone()),
         (json!(1), json!(1))
@@ -60,46 +56,48 @@ async fn join_reply_carries_peer_id_counts_and_ice_servers() {
         peer_id,
         "ids are per socket"
     );
+    Ok(())
 }
 
 #[tokio::test]
-async fn heartbeat_leave_and_close() {
+async fn heartbeat_leave_and_close() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
-    let mut client = Client::connect(&server).await;
-    let (status, response) = client.call("phoenix", "heartbeat", json!({})).await;
+    let mut client = connect(&server).await?;
+    let Reply { status, response } = client.call("phoenix", "heartbeat", json!({})).await?;
     assert_eq!((status.as_str(), response), ("ok", json!({})));
 
     let (have, _) = page("x");
-    client.join(&have).await;
-    let leave_ref = client.push(&have, "phx_leave", json!({})).await;
-    let (status, _) = client.reply(&leave_ref).await;
+    client.join(&have).await?;
+    let leave_ref = client.push(&have, "phx_leave", json!({})).await?;
+    let Reply { status, .. } = client.reply(&leave_ref).await?;
     assert_eq!(status, "ok");
-    let close = client.expect(|f| f.event == "phx_close").await;
+    let close = client.expect(|f| f.event == "phx_close").await?;
     assert_eq!(close.topic, have);
     assert_eq!(
         close.join_ref, close.msg_ref,
         "phx_close carries the join ref"
     );
     // Left for real: a second leave is refused.
-    let (status, response) = client.call(&have, "phx_leave", json!({})).await;
+    let Reply { status, response } = client.call(&have, "phx_leave", json!({})).await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "not_joined")
     );
+    Ok(())
 }
 
 #[tokio::test]
-async fn every_bad_input_gets_a_reason_and_the_socket_stays_up() {
+async fn every_bad_input_gets_a_reason_and_the_socket_stays_up() -> anyhow::Result<()> {
     let config = Config {
         max_topics_per_socket: 2,
         ..Config::default()
     };
     let server = server(config).await;
-    let mut bystander = Client::connect(&server).await;
+    let mut bystander = connect(&server).await?;
     let (have, want) = page("bad inputs");
-    bystander.join(&have).await;
+    bystander.join(&have).await?;
 
-    let mut client = Client::connect(&server).await;
+    let mut client = connect(&server).await?;
     let unparsable = [
         ("{not json", "malformed_json"),
         (r#"{"topic":"x"}"#, "wrong_arity"),
@@ -108,16 +106,16 @@ async fn every_bad_input_gets_a_reason_and_the_socket_stays_up() {
         (r#"["1","1","phoenix","heartbeat",[]]"#, "malformed_frame"),
     ];
     for (text, expected) in unparsable {
-        client.send_raw(text).await;
-        let reply = client.expect(|f| f.event == "phx_reply").await;
+        client.send_text(text).await?;
+        let reply = client.expect(|f| f.event == "phx_reply").await?;
         assert_eq!(reply.topic, "phoenix");
         let (status, response) = reply.as_reply().unwrap();
         assert_eq!(status, "error");
         assert_eq!(response["reason"], json!(expected), "{text}");
         assert!(response["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
-    client.send_message(Message::binary(vec![1, 2, 3])).await;
-    let reply = client.expect(|f| f.event == "phx_reply").await;
+    client.send_message(Message::binary(vec![1, 2, 3])).await?;
+    let reply = client.expect(|f| f.event == "phx_reply").await?;
     assert_eq!(reply.as_reply().unwrap().1["reason"], json!("binary_frame"));
 
     let bad_hash = format!("want:{}", "A".repeat(64));
@@ -139,7 +137,7 @@ async fn every_bad_input_gets_a_reason_and_the_socket_stays_up() {
         ),
     ];
     for (topic, event, payload, expected) in cases {
-        let (status, response) = client.call(&topic, event, payload).await;
+        let Reply { status, response } = client.call(&topic, event, payload).await?;
         assert_eq!(
             (status.as_str(), reason(&response)),
             ("error", expected),
@@ -147,15 +145,15 @@ async fn every_bad_input_gets_a_reason_and_the_socket_stays_up() {
         );
     }
 
-    client.join(&want).await;
-    let (status, response) = client.call(&want, "phx_join", json!({})).await;
+    client.join(&want).await?;
+    let Reply { status, response } = client.call(&want, "phx_join", json!({})).await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "already_joined")
     );
-    let (status, response) = client
+    let Reply { status, response } = client
         .call(&want, "content_request", json!({"relay": 3}))
-        .await;
+        .await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "bad_payload")
@@ -166,25 +164,25 @@ async fn every_bad_input_gets_a_reason_and_the_socket_stays_up() {
             .unwrap()
             .contains("content_request")
     );
-    let (status, response) = client.call(&want, "signal", json!({"to": "nobody"})).await;
+    let Reply { status, response } = client
+        .call(&want, "signal", json!({"to": "nobody"}))
+        .await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "bad_payload")
     );
 
     let (other_have, other_want) = page("other");
-    client.join(&other_have).await;
-    let (status, response) = client.call(&other_want, "phx_join", json!({})).await;
+    client.join(&other_have).await?;
+    let Reply { status, response } = client.call(&other_want, "phx_join", json!({})).await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "too_many_topics")
     );
 
     // After all that, both sockets still work.
-    let (status, _) = client.call("phoenix", "heartbeat", json!({})).await;
-    assert_eq!(status, "ok");
-    let (status, _) = bystander.call("phoenix", "heartbeat", json!({})).await;
-    assert_eq!(status, "ok");
+    client.heartbeat().await?;
+    bystander.heartbeat().await?;
 
     let (_, _, metrics) = http_get(&server, "/metrics").await;
     for reason in [
@@ -196,26 +194,27 @@ async fn every_bad_input_gets_a_reason_and_the_socket_stays_up() {
         let zero = format!("ephemeral_rejected_total{{reason=\"{reason}\"}} 0\n");
         assert!(metrics.contains(&format!("reason=\"{reason}\"")) && !metrics.contains(&zero));
     }
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_request_goes_to_one_host_who_learns_the_visitor() {
+async fn a_request_goes_to_one_host_who_learns_the_visitor() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
     let (have, want) = page("routed");
-    let mut visitor = Client::connect(&server).await;
-    let visitor_id = visitor.peer_id(&want).await;
+    let mut visitor = connect(&server).await?;
+    let visitor_id = visitor.join_for_id(&want).await?;
 
-    let (status, response) = visitor.call(&want, "content_request", json!({})).await;
+    let Reply { status, response } = visitor.call(&want, "content_request", json!({})).await?;
     assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
 
-    let mut host = Client::connect(&server).await;
-    let host_id = host.peer_id(&have).await;
-    let (status, response) = visitor
+    let mut host = connect(&server).await?;
+    let host_id = host.join_for_id(&have).await?;
+    let Reply { status, response } = visitor
         .call(&want, "content_request", json!({"relay": true}))
-        .await;
+        .await?;
     assert_eq!(status, "ok");
     assert_eq!(response, json!({"host": host_id}));
-    let request = host.expect(|f| f.event == "content_request").await;
+    let request = host.expect(|f| f.event == "content_request").await?;
     assert_eq!(request.topic, have);
     assert_eq!(
         Value::Object(request.payload),
@@ -227,9 +226,9 @@ async fn a_request_goes_to_one_host_who_learns_the_visitor() {
     );
 
     // Excluding the only host leaves nobody.
-    let (status, response) = visitor
+    let Reply { status, response } = visitor
         .call(&want, "content_request", json!({"exclude": [host_id]}))
-        .await;
+        .await?;
     assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
     let (_, _, metrics) = http_get(&server, "/metrics").await;
     assert!(
@@ -240,20 +239,21 @@ async fn a_request_goes_to_one_host_who_learns_the_visitor() {
         metrics.contains("ephemeral_requests_no_host_total 2\n"),
         "{metrics}"
     );
+    Ok(())
 }
 
 async fn hosts(
     server: &signal_server::RunningServer,
     have: &str,
     n: usize,
-) -> Vec<(String, Client)> {
+) -> Result<Vec<(String, Client)>, Error> {
     let mut hosts = Vec::new();
     for _ in 0..n {
-        let mut host = Client::connect(server).await;
-        let id = host.peer_id(have).await;
+        let mut host = connect(server).await?;
+        let id = host.join_for_id(have).await?;
         hosts.push((id, host));
     }
-    hosts
+    Ok(hosts)
 }
 
 /// Sends `rounds` requests and returns, per host id, how many it received,
@@ -264,10 +264,12 @@ async fn run_requests(
     hosts: &mut [(String, Client)],
     rounds: usize,
     payload: Value,
-) -> (HashMap<String, usize>, Vec<Value>) {
+) -> Result<(HashMap<String, usize>, Vec<Value>), Error> {
     let mut replies = Vec::new();
     for _ in 0..rounds {
-        let (status, response) = visitor.call(want, "content_request", payload.clone()).await;
+        let Reply { status, response } = visitor
+            .call(want, "content_request", payload.clone())
+            .await?;
         assert_eq!(status, "ok", "{response}");
         replies.push(response);
     }
@@ -275,23 +277,22 @@ async fn run_requests(
     // has arrived once its reply has.
     let mut received = HashMap::new();
     for (id, host) in hosts.iter_mut() {
-        let (status, _) = host.call("phoenix", "heartbeat", json!({})).await;
-        assert_eq!(status, "ok");
+        host.heartbeat().await?;
         let mut n = 0;
         while host
-            .expect_within(Duration::ZERO, &|f| f.event == "content_request")
-            .await
+            .expect_within(Duration::ZERO, |f| f.event == "content_request")
+            .await?
             .is_some()
         {
             n += 1;
         }
         received.insert(id.clone(), n);
     }
-    (received, replies)
+    Ok((received, replies))
 }
 
 #[tokio::test]
-async fn uniform_selection_answers_each_request_exactly_once_and_evenly() {
+async fn uniform_selection_answers_each_request_exactly_once_and_evenly() -> anyhow::Result<()> {
     let config = Config {
         messages_per_second: 100_000,
         message_burst: 100_000,
@@ -299,12 +300,12 @@ async fn uniform_selection_answers_each_request_exactly_once_and_evenly() {
     };
     let server = server(config).await;
     let (have, want) = page("uniform");
-    let mut hosts = hosts(&server, &have, 4).await;
-    let mut visitor = Client::connect(&server).await;
-    visitor.join(&want).await;
+    let mut hosts = hosts(&server, &have, 4).await?;
+    let mut visitor = connect(&server).await?;
+    visitor.join(&want).await?;
     let rounds = 2000;
     let (received, replies) =
-        run_requests(&mut visitor, &want, &mut hosts, rounds, json!({})).await;
+        run_requests(&mut visitor, &want, &mut hosts, rounds, json!({})).await?;
 
     assert_eq!(
         received.values().sum::<usize>(),
@@ -339,13 +340,14 @@ async fn uniform_selection_answers_each_request_exactly_once_and_evenly() {
         50,
         json!({"exclude": excluded}),
     )
-    .await;
+    .await?;
     assert_eq!(received[&hosts[3].0], 50);
     assert_eq!(received.values().sum::<usize>(), 50);
+    Ok(())
 }
 
 #[tokio::test]
-async fn coin_flip_mode_behaves_like_the_seed() {
+async fn coin_flip_mode_behaves_like_the_seed() -> anyhow::Result<()> {
     let config = Config {
         selection: Selection::CoinFlip,
         messages_per_second: 100_000,
@@ -354,12 +356,12 @@ async fn coin_flip_mode_behaves_like_the_seed() {
     };
     let server = server(config).await;
     let (have, want) = page("coin flip");
-    let mut hosts = hosts(&server, &have, 2).await;
-    let mut visitor = Client::connect(&server).await;
-    visitor.join(&want).await;
+    let mut hosts = hosts(&server, &have, 2).await?;
+    let mut visitor = connect(&server).await?;
+    visitor.join(&want).await?;
     let rounds = 400;
     let (received, replies) =
-        run_requests(&mut visitor, &want, &mut hosts, rounds, json!({})).await;
+        run_requests(&mut visitor, &want, &mut hosts, rounds, json!({})).await?;
     let routed: Vec<u64> = replies
         .iter()
         .map(|r| r["routed"].as_u64().unwrap())
@@ -373,10 +375,11 @@ async fn coin_flip_mode_behaves_like_the_seed() {
         received.values().sum::<usize>() as u64,
         routed.iter().sum::<u64>()
     );
+    Ok(())
 }
 
 #[tokio::test]
-async fn relayed_content_is_checked_then_sent_to_those_who_asked() {
+async fn relayed_content_is_checked_then_sent_to_those_who_asked() -> anyhow::Result<()> {
     let config = Config {
         max_page_bytes: 64,
         ..Config::default()
@@ -384,64 +387,70 @@ async fn relayed_content_is_checked_then_sent_to_those_who_asked() {
     let server = server(config).await;
     let text = "a relayed page ✓ 👋🏽";
     let (have, want) = page(text);
-    let mut host = Client::connect(&server).await;
-    host.join(&have).await;
+    let mut host = connect(&server).await?;
+    host.join(&have).await?;
     let mut visitors = Vec::new();
     for _ in 0..2 {
-        let mut visitor = Client::connect(&server).await;
-        visitor.join(&want).await;
+        let mut visitor = connect(&server).await?;
+        visitor.join(&want).await?;
         visitors.push(visitor);
     }
     // Nobody asked yet: the server carries nothing.
-    let (status, response) = host.call(&have, "content", json!({"content": text})).await;
+    let Reply { status, response } = host
+        .call(&have, "content", json!({"content": text}))
+        .await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "not_requested")
     );
     for visitor in &mut visitors {
-        let (status, _) = visitor
+        let Reply { status, .. } = visitor
             .call(&want, "content_request", json!({"relay": true}))
-            .await;
+            .await?;
         assert_eq!(status, "ok");
-        host.expect(|f| f.event == "content_request").await;
+        host.expect_push(&have, "content_request").await?;
     }
 
-    let (status, response) = host
+    let Reply { status, response } = host
         .call(&have, "content", json!({"content": "forged"}))
-        .await;
+        .await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "hash_mismatch")
     );
-    let (status, response) = host
+    let Reply { status, response } = host
         .call(&have, "content", json!({"content": "x".repeat(65)}))
-        .await;
+        .await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "page_too_large")
     );
-    let (status, response) = host.call(&have, "content", json!({"text": text})).await;
+    let Reply { status, response } = host.call(&have, "content", json!({"text": text})).await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "bad_payload")
     );
 
-    let (status, response) = host.call(&have, "content", json!({"content": text})).await;
+    let Reply { status, response } = host
+        .call(&have, "content", json!({"content": text}))
+        .await?;
     assert_eq!((status.as_str(), response), ("ok", json!({"delivered": 2})));
     // Once per request: a second push reaches nobody.
-    let (status, response) = host.call(&have, "content", json!({"content": text})).await;
+    let Reply { status, response } = host
+        .call(&have, "content", json!({"content": text}))
+        .await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "not_requested")
     );
     for visitor in &mut visitors {
-        let content = visitor.expect(|f| f.event == "content").await;
+        let content = visitor.expect(|f| f.event == "content").await?;
         assert_eq!(content.topic, want);
         assert_eq!(content.payload["content"], json!(text));
         // Only the verified page was broadcast.
         let forged = visitor
-            .expect_within(Duration::from_millis(100), &|f| f.event == "content")
-            .await;
+            .expect_within(Duration::from_millis(100), |f| f.event == "content")
+            .await?;
         assert!(forged.is_none());
     }
     let (_, _, metrics) = http_get(&server, "/metrics").await;
@@ -450,22 +459,23 @@ async fn relayed_content_is_checked_then_sent_to_those_who_asked() {
         metrics.contains(&format!("ephemeral_relayed_bytes_total {bytes}\n")),
         "{metrics}"
     );
+    Ok(())
 }
 
 #[tokio::test]
-async fn signals_flow_between_sides_of_one_page_with_from_stamped() {
+async fn signals_flow_between_sides_of_one_page_with_from_stamped() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
     let (have, want) = page("signals");
-    let mut host = Client::connect(&server).await;
-    let host_id = host.peer_id(&have).await;
-    let mut visitor = Client::connect(&server).await;
-    let visitor_id = visitor.peer_id(&want).await;
-    let mut impostor = Client::connect(&server).await;
-    let impostor_id = impostor.peer_id(&want).await;
+    let mut host = connect(&server).await?;
+    let host_id = host.join_for_id(&have).await?;
+    let mut visitor = connect(&server).await?;
+    let visitor_id = visitor.join_for_id(&want).await?;
+    let mut impostor = connect(&server).await?;
+    let impostor_id = impostor.join_for_id(&want).await?;
 
     let offer = json!({"to": visitor_id, "type": "offer", "sdp": "v=0", "from": impostor_id});
-    let offer_ref = host.push(&have, "signal", offer).await;
-    let got = visitor.expect(|f| f.event == "signal").await;
+    let offer_ref = host.push(&have, "signal", offer).await?;
+    let got = visitor.expect(|f| f.event == "signal").await?;
     assert_eq!(got.topic, want);
     assert_eq!(
         Value::Object(got.payload),
@@ -478,119 +488,122 @@ async fn signals_flow_between_sides_of_one_page_with_from_stamped() {
         "candidate": "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host",
         "sdpMid": "0", "sdpMLineIndex": 0
     });
-    visitor.push(&want, "signal", candidate).await;
-    let got = host.expect(|f| f.event == "signal").await;
+    visitor.push(&want, "signal", candidate).await?;
+    let got = host.expect(|f| f.event == "signal").await?;
     assert_eq!(got.topic, have);
     assert_eq!(got.payload["from"], json!(visitor_id));
     assert_eq!(got.payload["sdpMLineIndex"], json!(0));
     // A delivered signal is not replied to: the answer is the receipt.
     let ok = host
-        .expect_within(Duration::from_millis(100), &|f| {
+        .expect_within(Duration::from_millis(100), |f| {
             f.event == "phx_reply" && f.msg_ref.as_deref() == Some(offer_ref.as_str())
         })
-        .await;
+        .await?;
     assert!(ok.is_none(), "a delivered signal was replied to: {ok:?}");
 
     // Wanters cannot reach each other, nor anyone on another page.
     let sideways = json!({"to": impostor_id, "type": "offer", "sdp": "v=0"});
-    let (status, response) = visitor.call(&want, "signal", sideways).await;
+    let Reply { status, response } = visitor.call(&want, "signal", sideways).await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "unknown_peer")
     );
     let (other_have, _) = page("another page");
-    let mut stranger = Client::connect(&server).await;
-    stranger.join(&other_have).await;
+    let mut stranger = connect(&server).await?;
+    stranger.join(&other_have).await?;
     let across = json!({"to": visitor_id, "type": "answer", "sdp": "v=0"});
-    let (status, response) = stranger.call(&other_have, "signal", across).await;
+    let Reply { status, response } = stranger.call(&other_have, "signal", across).await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "unknown_peer")
     );
-    let (status, response) = host
+    let Reply { status, response } = host
         .call(&have, "signal", json!({"to": visitor_id, "type": "gossip"}))
-        .await;
+        .await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "bad_payload")
     );
     assert!(
         impostor
-            .expect_within(Duration::from_millis(100), &|f| f.event == "signal")
-            .await
+            .expect_within(Duration::from_millis(100), |f| f.event == "signal")
+            .await?
             .is_none()
     );
+    Ok(())
 }
 
 #[tokio::test]
-async fn visitor_counts_follow_joins_leaves_and_disconnects() {
+async fn visitor_counts_follow_joins_leaves_and_disconnects() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
     let (have, want) = page("counted");
-    let mut visitor = Client::connect(&server).await;
-    visitor.join(&want).await;
-    visitor.expect_count(&want, 0, 1).await;
+    let mut visitor = connect(&server).await?;
+    visitor.join(&want).await?;
+    expect_count(&mut visitor, &want, 0, 1).await?;
 
-    let mut first = Client::connect(&server).await;
-    first.join(&have).await;
-    visitor.expect_count(&want, 1, 1).await;
-    first.expect_count(&have, 1, 1).await;
+    let mut first = connect(&server).await?;
+    first.join(&have).await?;
+    expect_count(&mut visitor, &want, 1, 1).await?;
+    expect_count(&mut first, &have, 1, 1).await?;
 
-    let mut second = Client::connect(&server).await;
-    second.join(&have).await;
-    visitor.expect_count(&want, 2, 1).await;
-    first.expect_count(&have, 2, 1).await;
+    let mut second = connect(&server).await?;
+    second.join(&have).await?;
+    expect_count(&mut visitor, &want, 2, 1).await?;
+    expect_count(&mut first, &have, 2, 1).await?;
 
-    let (status, _) = second.call(&have, "phx_leave", json!({})).await;
+    let Reply { status, .. } = second.call(&have, "phx_leave", json!({})).await?;
     assert_eq!(status, "ok");
-    visitor.expect_count(&want, 1, 1).await;
+    expect_count(&mut visitor, &want, 1, 1).await?;
 
     // An abrupt disconnect: the TCP connection just goes away.
     drop(first);
-    visitor.expect_count(&want, 0, 1).await;
-    let (status, response) = visitor.call(&want, "content_request", json!({})).await;
+    expect_count(&mut visitor, &want, 0, 1).await?;
+    let Reply { status, response } = visitor.call(&want, "content_request", json!({})).await?;
     assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
+    Ok(())
 }
 
 #[tokio::test]
-async fn count_broadcasts_are_coalesced_under_churn() {
+async fn count_broadcasts_are_coalesced_under_churn() -> anyhow::Result<()> {
     let config = Config {
         count_interval_ms: 200,
         ..Config::default()
     };
     let server = server(config).await;
     let (have, want) = page("churn");
-    let mut watcher = Client::connect(&server).await;
-    watcher.join(&want).await;
+    let mut watcher = connect(&server).await?;
+    watcher.join(&want).await?;
     let mut joined = Vec::new();
     for _ in 0..30 {
-        let mut host = Client::connect(&server).await;
-        host.join(&have).await;
+        let mut host = connect(&server).await?;
+        host.join(&have).await?;
         joined.push(host);
     }
-    watcher.expect_count(&want, 30, 1).await;
+    expect_count(&mut watcher, &want, 30, 1).await?;
     let broadcasts = server
         .metrics()
         .count_broadcasts
         .load(std::sync::atomic::Ordering::Relaxed);
     // 31 joins; without coalescing that is 31 broadcasts per topic.
     assert!(broadcasts <= 2 * 10, "{broadcasts} broadcasts for 31 joins");
+    Ok(())
 }
 
 #[tokio::test]
-async fn floods_are_refused_then_cut_off() {
+async fn floods_are_refused_then_cut_off() -> anyhow::Result<()> {
     let config = Config {
         messages_per_second: 5,
         message_burst: 10,
         ..Config::default()
     };
     let server = server(config).await;
-    let mut client = Client::connect(&server).await;
+    let mut client = connect(&server).await?;
     for _ in 0..15 {
-        client.push("phoenix", "heartbeat", json!({})).await;
+        client.push("phoenix", "heartbeat", json!({})).await?;
     }
     let mut limited = 0;
     for _ in 0..15 {
-        let reply = client.expect(|f| f.event == "phx_reply").await;
+        let reply = client.expect(|f| f.event == "phx_reply").await?;
         if reply.as_reply().unwrap().1.get("reason") == Some(&json!("rate_limited")) {
             limited += 1;
         }
@@ -600,23 +613,23 @@ async fn floods_are_refused_then_cut_off() {
         "{limited} of 15 refused at burst 10"
     );
     for _ in 0..30 {
-        client.push("phoenix", "heartbeat", json!({})).await;
+        client.push("phoenix", "heartbeat", json!({})).await?;
     }
     assert_eq!(
-        client.ended().await,
+        client.ended().await?,
         Ended::Closed(Some((
             1008,
             "flooding: kept sending after being refused".into()
         )))
     );
     // Others are unaffected.
-    let mut other = Client::connect(&server).await;
-    let (status, _) = other.call("phoenix", "heartbeat", json!({})).await;
-    assert_eq!(status, "ok");
+    let mut other = connect(&server).await?;
+    other.heartbeat().await?;
+    Ok(())
 }
 
 #[tokio::test]
-async fn oversize_messages_close_with_1009() {
+async fn oversize_messages_close_with_1009() -> anyhow::Result<()> {
     let config = Config {
         max_message_bytes: 1024,
         max_frame_bytes: 1024,
@@ -624,57 +637,60 @@ async fn oversize_messages_close_with_1009() {
         ..Config::default()
     };
     let server = server(config).await;
-    let mut client = Client::connect(&server).await;
+    let mut client = connect(&server).await?;
     let huge = format!(
         r#"[null,"1","phoenix","heartbeat",{{"pad":"{}"}}]"#,
         "x".repeat(2000)
     );
-    client.send_raw(&huge).await;
+    client.send_text(&huge).await?;
     assert_eq!(
-        client.ended().await,
+        client.ended().await?,
         Ended::Closed(Some((1009, "message too big".into())))
     );
     let (_, _, metrics) = http_get(&server, "/metrics").await;
     assert!(metrics.contains("ephemeral_rejected_total{reason=\"oversize_message\"} 1\n"));
+    Ok(())
 }
 
 #[tokio::test]
-async fn silent_sockets_are_closed_and_their_topics_freed() {
+async fn silent_sockets_are_closed_and_their_topics_freed() -> anyhow::Result<()> {
     let config = Config {
         idle_timeout_secs: 1,
         ..Config::default()
     };
     let server = server(config).await;
     let (have, want) = page("idle");
-    let mut host = Client::connect(&server).await;
-    host.join(&have).await;
+    let mut host = connect(&server).await?;
+    host.join(&have).await?;
     assert_eq!(
-        host.ended().await,
+        host.ended().await?,
         Ended::Closed(Some((1000, "idle timeout: no message or heartbeat".into())))
     );
-    let mut visitor = Client::connect(&server).await;
-    let reply = visitor.join(&want).await;
+    let mut visitor = connect(&server).await?;
+    let reply = visitor.join(&want).await?;
     assert_eq!(reply["count"], json!(0));
+    Ok(())
 }
 
 #[tokio::test]
-async fn shutdown_closes_every_socket_with_going_away() {
+async fn shutdown_closes_every_socket_with_going_away() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
-    let mut a = Client::connect(&server).await;
-    let mut b = Client::connect(&server).await;
+    let mut a = connect(&server).await?;
+    let mut b = connect(&server).await?;
     let (have, _) = page("shutdown");
-    a.join(&have).await;
+    a.join(&have).await?;
     server.shutdown().await;
     for client in [&mut a, &mut b] {
         assert_eq!(
-            client.ended().await,
+            client.ended().await?,
             Ended::Closed(Some((1001, "server shutting down".into())))
         );
     }
+    Ok(())
 }
 
 #[tokio::test]
-async fn origins_outside_the_allow_list_are_refused() {
+async fn origins_outside_the_allow_list_are_refused() -> anyhow::Result<()> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let config = Config {
         allowed_origins: vec!["http://good.test".into()],
@@ -689,17 +705,18 @@ async fn origins_outside_the_allow_list_are_refused() {
         let result = tokio_tungstenite::connect_async(request).await;
         assert_eq!(result.is_ok(), ok, "{origin}");
     }
+    Ok(())
 }
 
 #[tokio::test]
-async fn health_metrics_and_pages_over_http() {
+async fn health_metrics_and_pages_over_http() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
     let (status, _, body) = http_get(&server, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
-    let mut client = Client::connect(&server).await;
+    let mut client = connect(&server).await?;
     let (have, _) = page("metrics");
-    client.join(&have).await;
+    client.join(&have).await?;
     let (status, head, metrics) = http_get(&server, "/metrics").await;
     assert_eq!(status, 200);
     assert!(head.contains("content-type: text/plain"));
@@ -722,6 +739,7 @@ async fn health_metrics_and_pages_over_http() {
     }
     let (status, _, _) = http_get(&server, "/no-such-file.txt").await;
     assert_eq!(status, 404);
+    Ok(())
 }
 
 /// One host whose single upload slot `first` holds, and `second`'s request
@@ -740,7 +758,7 @@ struct BusyHost {
 }
 
 impl BusyHost {
-    async fn start(name: &str, queue_wait_ms: u64) -> BusyHost {
+    async fn start(name: &str, queue_wait_ms: u64) -> Result<BusyHost, Error> {
         let server = server(Config {
             max_uploads_per_host: 1,
             queue_wait_ms,
@@ -748,24 +766,21 @@ impl BusyHost {
         })
         .await;
         let (have, want) = page(name);
-        let mut host = Client::connect(&server).await;
-        let host_id = host.peer_id(&have).await;
-        let (mut first, first_id, first_ref) = ask(&server, &want).await;
-        assert_eq!(
-            first.reply(&first_ref).await,
-            ("ok".into(), json!({"host": host_id}))
-        );
-        let (mut second, second_id, second_ref) = ask(&server, &want).await;
+        let mut host = connect(&server).await?;
+        let host_id = host.join_for_id(&have).await?;
+        let (mut first, first_id, first_ref) = ask(&server, &want).await?;
+        assert_eq!(first.reply(&first_ref).await?, ok(json!({"host": host_id})));
+        let (mut second, second_id, second_ref) = ask(&server, &want).await?;
         let reply = second
-            .expect_within(Duration::from_millis(200), &|f| {
+            .expect_within(Duration::from_millis(200), |f| {
                 f.event == "phx_reply" && f.msg_ref.as_deref() == Some(second_ref.as_str())
             })
-            .await;
+            .await?;
         assert!(
             reply.is_none(),
             "answered while the host was busy: {reply:?}"
         );
-        BusyHost {
+        Ok(BusyHost {
             server,
             have,
             want,
@@ -776,74 +791,78 @@ impl BusyHost {
             second,
             second_id,
             second_ref,
-        }
+        })
     }
 
     /// The reply the waiting request finally gets.
-    async fn second_reply(&mut self) -> (String, Value) {
+    async fn second_reply(&mut self) -> Result<Reply, Error> {
         self.second.reply(&self.second_ref).await
     }
 }
 
 /// A visitor joined to `want`, its peer id, and the ref of its request.
-async fn ask(server: &signal_server::RunningServer, want: &str) -> (Client, String, String) {
-    let mut visitor = Client::connect(server).await;
-    let id = visitor.peer_id(want).await;
-    let msg_ref = visitor.push(want, "content_request", json!({})).await;
-    (visitor, id, msg_ref)
+async fn ask(
+    server: &signal_server::RunningServer,
+    want: &str,
+) -> Result<(Client, String, String), Error> {
+    let mut visitor = connect(server).await?;
+    let id = visitor.join_for_id(want).await?;
+    let msg_ref = visitor.push(want, "content_request", json!({})).await?;
+    Ok((visitor, id, msg_ref))
+}
+
+fn ok(response: Value) -> Reply {
+    Reply {
+        status: "ok".into(),
+        response,
+    }
 }
 
 #[tokio::test]
-async fn a_busy_host_makes_requests_wait_for_a_free_slot() {
-    let mut busy = BusyHost::start("slots", 10_000).await;
-    let request = busy.host.expect(|f| f.event == "content_request").await;
+async fn a_busy_host_makes_requests_wait_for_a_free_slot() -> anyhow::Result<()> {
+    let mut busy = BusyHost::start("slots", 10_000).await?;
+    let request = busy.host.expect(|f| f.event == "content_request").await?;
     assert_eq!(request.payload["from"], json!(busy.first_id));
 
     // The first visitor has the page: it leaves want:, freeing the slot.
-    let (status, _) = busy.first.call(&busy.want, "phx_leave", json!({})).await;
+    let Reply { status, .. } = busy.first.call(&busy.want, "phx_leave", json!({})).await?;
     assert_eq!(status, "ok");
     let host_id = busy.host_id.clone();
-    assert_eq!(
-        busy.second_reply().await,
-        ("ok".into(), json!({"host": host_id}))
-    );
-    let request = busy.host.expect(|f| f.event == "content_request").await;
+    assert_eq!(busy.second_reply().await?, ok(json!({"host": host_id})));
+    let request = busy.host.expect(|f| f.event == "content_request").await?;
     assert_eq!(request.payload["from"], json!(busy.second_id));
     let (_, _, metrics) = http_get(&busy.server, "/metrics").await;
     assert!(
         metrics.contains("ephemeral_requests_queued_total 1\n"),
         "{metrics}"
     );
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_new_host_takes_a_waiting_request() {
-    let mut busy = BusyHost::start("new host", 10_000).await;
+async fn a_new_host_takes_a_waiting_request() -> anyhow::Result<()> {
+    let mut busy = BusyHost::start("new host", 10_000).await?;
     // Typically the first visitor itself, now hosting.
-    let mut fresh = Client::connect(&busy.server).await;
-    let fresh_id = fresh.peer_id(&busy.have).await;
-    assert_eq!(
-        busy.second_reply().await,
-        ("ok".into(), json!({"host": fresh_id}))
-    );
-    let request = fresh.expect(|f| f.event == "content_request").await;
+    let mut fresh = connect(&busy.server).await?;
+    let fresh_id = fresh.join_for_id(&busy.have).await?;
+    assert_eq!(busy.second_reply().await?, ok(json!({"host": fresh_id})));
+    let request = fresh.expect(|f| f.event == "content_request").await?;
     assert_eq!(request.payload["from"], json!(busy.second_id));
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_request_waits_no_longer_than_the_queue_wait() {
+async fn a_request_waits_no_longer_than_the_queue_wait() -> anyhow::Result<()> {
     // The first visitor never leaves; after the wait, the busy host gets
     // the second request anyway.
-    let mut busy = BusyHost::start("overdue", 400).await;
+    let mut busy = BusyHost::start("overdue", 400).await?;
     let host_id = busy.host_id.clone();
-    assert_eq!(
-        busy.second_reply().await,
-        ("ok".into(), json!({"host": host_id}))
-    );
+    assert_eq!(busy.second_reply().await?, ok(json!({"host": host_id})));
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_waiting_visitor_that_goes_is_forgotten() {
+async fn a_waiting_visitor_that_goes_is_forgotten() -> anyhow::Result<()> {
     let BusyHost {
         server,
         want,
@@ -851,7 +870,7 @@ async fn a_waiting_visitor_that_goes_is_forgotten() {
         mut first,
         second,
         ..
-    } = BusyHost::start("forgotten", 10_000).await;
+    } = BusyHost::start("forgotten", 10_000).await?;
     drop(second);
     // Wait until the server has seen it go: two sockets left.
     let deadline = tokio::time::Instant::now() + support::WAIT;
@@ -866,22 +885,21 @@ async fn a_waiting_visitor_that_goes_is_forgotten() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    host.expect(|f| f.event == "content_request").await;
-    let (status, _) = first.call(&want, "phx_leave", json!({})).await;
+    host.expect(|f| f.event == "content_request").await?;
+    let Reply { status, .. } = first.call(&want, "phx_leave", json!({})).await?;
     assert_eq!(status, "ok");
     let stray = host
-        .expect_within(Duration::from_millis(300), &|f| {
-            f.event == "content_request"
-        })
-        .await;
+        .expect_within(Duration::from_millis(300), |f| f.event == "content_request")
+        .await?;
     assert!(
         stray.is_none(),
         "a request of a visitor that left was routed: {stray:?}"
     );
+    Ok(())
 }
 
 #[tokio::test]
-async fn waiting_requests_hear_no_hosts_as_soon_as_the_last_host_goes() {
+async fn waiting_requests_hear_no_hosts_as_soon_as_the_last_host_goes() -> anyhow::Result<()> {
     // Keep the server and the first visitor: dropping either closes sockets
     // (and frees the slot), which is not what this test is about.
     let BusyHost {
@@ -891,34 +909,35 @@ async fn waiting_requests_hear_no_hosts_as_soon_as_the_last_host_goes() {
         mut second,
         second_ref,
         ..
-    } = BusyHost::start("last host", 10_000).await;
+    } = BusyHost::start("last host", 10_000).await?;
     let started = std::time::Instant::now();
     drop(host);
-    let (status, response) = second.reply(&second_ref).await;
+    let Reply { status, response } = second.reply(&second_ref).await?;
     assert_eq!((status.as_str(), reason(&response)), ("error", "no_hosts"));
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "not the 10 s queue wait"
     );
+    Ok(())
 }
 
 #[tokio::test]
-async fn visitors_report_the_path_a_page_took_and_metrics_count_it() {
+async fn visitors_report_the_path_a_page_took_and_metrics_count_it() -> anyhow::Result<()> {
     let server = server(Config::default()).await;
     let (have, _) = page("which way");
     for path in ["direct", "turn", "turn", "relay"] {
-        let mut client = Client::connect(&server).await;
-        let (status, _) = client
+        let mut client = connect(&server).await?;
+        let Reply { status, .. } = client
             .call(&have, "phx_join", json!({ "path": path }))
-            .await;
+            .await?;
         assert_eq!(status, "ok");
     }
-    let mut author = Client::connect(&server).await;
-    author.join(&have).await;
-    let mut liar = Client::connect(&server).await;
-    let (status, response) = liar
+    let mut author = connect(&server).await?;
+    author.join(&have).await?;
+    let mut liar = connect(&server).await?;
+    let Reply { status, response } = liar
         .call(&have, "phx_join", json!({"path": "pigeon"}))
-        .await;
+        .await?;
     assert_eq!(
         (status.as_str(), reason(&response)),
         ("error", "bad_payload")
@@ -928,4 +947,5 @@ async fn visitors_report_the_path_a_page_took_and_metrics_count_it() {
         let line = format!("ephemeral_fetches_total{{path=\"{path}\"}} {n}\n");
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
+    Ok(())
 }

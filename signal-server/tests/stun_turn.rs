@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::prelude::BASE64_STANDARD;
+use ephemeral_phoenix_client::Client;
 use ephemeral_shared::protocol::Reason;
 use signal_server::{Config, RunningServer};
-use support::{Client, page, server};
+use support::{connect, page, server};
 use tokio::net::UdpSocket;
 use turn::client::{Client as TurnClient, ClientConfig};
 use util::Conn;
@@ -41,8 +42,8 @@ async fn turn_client(server: &RunningServer, username: &str, password: &str) -> 
 
 /// The TURN credentials a session is handed in its join reply.
 async fn session_credentials(server: &RunningServer) -> (Client, String, String) {
-    let mut client = Client::connect(server).await;
-    let reply = client.join(&page("turn").0).await;
+    let mut client = connect(server).await.expect("connects");
+    let reply = client.join(&page("turn").0).await.expect("joins");
     let turn = reply["ice_servers"]
         .as_array()
         .unwrap()
@@ -227,8 +228,8 @@ async fn no_turn_keeps_stun_and_refuses_allocations() {
         ..loopback_allowed()
     })
     .await;
-    let mut client = Client::connect(&server).await;
-    let reply = client.join(&page("stun only").0).await;
+    let mut client = connect(&server).await.expect("connects");
+    let reply = client.join(&page("stun only").0).await.expect("joins");
     let urls: Vec<&str> = reply["ice_servers"]
         .as_array()
         .unwrap()

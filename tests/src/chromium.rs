@@ -1,7 +1,7 @@
 //! Headless Chromium driven over WebDriver, for the browser tests and the
 //! browser benchmark alike: ChromeDriver on a free loopback port, and
 //! Chromium sessions with the flags that work on these machines
-//! (NOTES-webrtc.md).
+//! (docs/webrtc-facts.md).
 //!
 //! Where the machine allows it (root, as in CI), ChromeDriver runs as the
 //! first process of its own PID namespace: everything it and Chromium start

@@ -1,5 +1,6 @@
-//! The `ephemeral-peer` binary end to end: share, get, and the exit codes
-//! scripts rely on, size refusals (exit 5) among them.
+//! The `ephemeral-peer` binary end to end: share, get, the links it prints
+//! and takes back, the words of its errors, and the exit codes scripts rely
+//! on, size refusals (exit 5) among them.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -36,13 +37,27 @@ fn binary() -> PathBuf {
         .clone()
 }
 
-fn peer_command(server: &str) -> Command {
+/// The binary on loopback, with no server named by flag or environment.
+fn bare_command() -> Command {
     let mut command = Command::new(binary());
     command
-        .args(["--server", server, "--bind", "127.0.0.1"])
+        .args(["--bind", "127.0.0.1"])
         .env_remove("EPHEMERAL_SERVER")
         .stdin(Stdio::null());
     command
+}
+
+fn peer_command(server: &str) -> Command {
+    let mut command = bare_command();
+    command.args(["--server", server]);
+    command
+}
+
+/// A loopback address nobody listens on: bound, noted, freed.
+fn dead_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|free| free.local_addr())
+        .expect("a free port")
 }
 
 /// Kills a child process when the test ends, however it ends.
@@ -139,13 +154,7 @@ async fn exit_codes_say_gone_unreachable_and_not_text() {
     assert_eq!(output.status.code(), Some(3), "gone");
     assert!(String::from_utf8_lossy(&output.stderr).contains("gone"));
 
-    // A port nobody listens on: bind one, note it, free it.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let dead = format!(
-        "ws://{}/ws/websocket?vsn=2.0.0",
-        free.local_addr().expect("its address")
-    );
-    drop(free);
+    let dead = format!("ws://{}/ws/websocket?vsn=2.0.0", dead_address());
     let mut get = peer_command(&dead);
     get.args(["get", &PageHash::of(b"x").to_string()]);
     let output = run(get).await;
@@ -404,4 +413,157 @@ async fn a_relay_only_visitor_of_a_page_over_the_relay_limit_exits_5_within_seco
     assert!(took < PROMPT, "the refusal took {took:?}");
     assert!(sharing.still_running(), "the host was not thrown off");
     server.shutdown().await;
+}
+
+/// What a new user does: name the server as the browser shows it, then
+/// hand the printed link to `get` with nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printed_link_is_all_get_needs() {
+    init_logs();
+    tokio::task::spawn_blocking(binary).await.expect("build");
+    let server = start_server(server_config()).await;
+    let http = format!("http://{}", server.local_addr());
+    let file = PageFile::new("printed-link", 2_000);
+    let hash = PageHash::of(&file.page);
+
+    let sharing = Sharing::start(&http, &[], &file.path).await;
+    assert_eq!(sharing.url, format!("{http}/{hash}"));
+
+    let mut get = bare_command();
+    get.args(["get", &sharing.url]);
+    let output = run(get).await;
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(output.stdout == file.page, "the bytes are the page");
+
+    // The link names its server: an environment pointing elsewhere, and
+    // the link as pasted with a slash and a newline, do not change that.
+    let dead = format!("http://{}", dead_address());
+    let mut get = bare_command();
+    get.env("EPHEMERAL_SERVER", &dead)
+        .args(["get", &format!("{}/\n", sharing.url)]);
+    let output = run(get).await;
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(output.stdout == file.page, "the bytes are the page");
+
+    // A typed --server naming another server is refused, not ignored.
+    let mut get = peer_command(&dead);
+    get.args(["get", &sharing.url]);
+    let output = run(get).await;
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: the link is on {http}, but --server names {dead} — drop --server"
+        )),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+    server.shutdown().await;
+}
+
+fn assert_said_once(stderr: &str, word: &str) {
+    let times = stderr.to_lowercase().matches(word).count();
+    assert_eq!(times, 1, "{word:?} said {times} times: {stderr}");
+}
+
+/// One cause, said once: no "IO error: … IO error: …" chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_named_once_with_its_cause() {
+    init_logs();
+    tokio::task::spawn_blocking(binary).await.expect("build");
+    let dead = format!("http://{}", dead_address());
+    let hash = PageHash::of(b"nobody serves this").to_string();
+
+    let mut get = peer_command(&dead);
+    get.args(["get", &hash]);
+    let output = run(get).await;
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(2), "unreachable: {stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: cannot reach the server at {dead}: connection refused \
+             — is the server running? (--server named it)"
+        )
+    );
+    assert_said_once(&stderr, "refused");
+
+    let mut get = bare_command();
+    get.args(["get", &format!("{dead}/{hash}")]);
+    let output = run(get).await;
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(2), "unreachable: {stderr}");
+    assert_said_once(&stderr, "refused");
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach the server at {dead}: connection refused"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(the link named it;"), "{stderr}");
+
+    let file = PageFile::new("share-unreachable", 10);
+    let mut share = bare_command();
+    share
+        .env("EPHEMERAL_SERVER", &dead)
+        .arg("share")
+        .arg(&file.path);
+    let output = run(share).await;
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(2), "unreachable: {stderr}");
+    assert_said_once(&stderr, "refused");
+    assert!(stderr.contains("(EPHEMERAL_SERVER named it)"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no link for a page not hosted");
+}
+
+/// Refused before any connection, in words, with exit 1: a bad argument
+/// is not an unreachable server (2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_links_and_servers_are_refused_in_words() {
+    init_logs();
+    tokio::task::spawn_blocking(binary).await.expect("build");
+    let hash = PageHash::of(b"x").to_string();
+    let cases = [
+        (
+            vec!["get", "http://127.0.0.1:4000/abc"],
+            "error: \"http://127.0.0.1:4000/abc\" is neither a page link nor a page hash: \
+             a page hash has 64 hex digits, this has 3 characters — a page link looks like \
+             http://127.0.0.1:4000/<hash>, <hash> being 64 lowercase hex digits (0-9, a-f)",
+        ),
+        (
+            vec!["get", "http://127.0.0.1:4000/"],
+            "the link ends at its server, with no /<hash> after it",
+        ),
+        (
+            vec!["get", "ftp://127.0.0.1/x"],
+            "a page link starts with http:// or https://, not ftp://",
+        ),
+        (
+            vec!["--server", "ftp://127.0.0.1", "get", &hash],
+            "error: --server \"ftp://127.0.0.1\" is not a server address: ftp:// is not \
+             a scheme the server speaks",
+        ),
+        (
+            vec!["--server", "http://::1:4000", "get", &hash],
+            "an IPv6 address goes in brackets, as in http://[::1]:4000",
+        ),
+        (
+            vec!["--max-page-bytes", "lots", "get", &hash],
+            "invalid value 'lots'",
+        ),
+    ];
+    let upper = format!("http://127.0.0.1:4000/{}", hash.to_uppercase());
+    let cases = cases.into_iter().chain([(
+        vec!["get", upper.as_str()],
+        "a page hash is lowercase hex (0-9, a-f)",
+    )]);
+    for (args, said) in cases {
+        let mut command = bare_command();
+        command.args(&args);
+        let output = run(command).await;
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(!stderr.contains("cannot reach"), "{args:?}: {stderr}");
+    }
 }

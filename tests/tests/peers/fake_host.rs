@@ -1,6 +1,6 @@
-//! A host that misbehaves on purpose, written against the raw websocket
-//! and a raw WebRTC session so that nothing in `ephemeral-peer`'s own host
-//! logic can soften what it does.
+//! A host that misbehaves on purpose, written against the test Phoenix
+//! client and a raw WebRTC session so that nothing in `ephemeral-peer`'s
+//! own host logic can soften what it does.
 //!
 //! It joins `have:<hash>` for a page it claims to have; at the first
 //! `content_request` it tells the test (which may then start an honest
@@ -10,13 +10,12 @@
 
 use std::time::Duration;
 
-use ephemeral_peer::signaling::{self, FrameReceiver, FrameSender};
 use ephemeral_peer::{RtcSettings, Session, SessionEvent};
+use ephemeral_phoenix_client::Client;
 use ephemeral_shared::frame::event;
 use ephemeral_shared::protocol::{HostRequest, SignalFrom, SignalTo};
 use ephemeral_shared::transfer::TransferSender;
-use ephemeral_shared::{Frame, PageHash, PeerId, Topic};
-use serde_json::Map;
+use ephemeral_shared::{PageHash, PeerId, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -46,33 +45,19 @@ impl FakeHost {
         page: Vec<u8>,
         misbehaviour: Misbehaviour,
     ) -> FakeHost {
-        let (sender, mut receiver) = signaling::connect(server_url, Duration::from_secs(5))
+        let mut client = Client::connect(server_url)
             .await
             .expect("the fake host connects");
         let topic = Topic::have(PageHash::of(&page));
-        let join = Frame::new(
-            Some("1".into()),
-            Some("1".into()),
-            topic.to_string(),
-            event::JOIN,
-            Map::new(),
-        );
-        assert!(sender.send(&join));
-        loop {
-            let frame = receiver.recv().await.expect("a join reply");
-            if let Some((status, _)) = frame.as_reply()
-                && frame.msg_ref.as_deref() == Some("1")
-            {
-                assert_eq!(status, "ok", "the fake host's join");
-                break;
-            }
-        }
+        client
+            .join(&topic.to_string())
+            .await
+            .expect("the fake host joins");
         let (asked_tx, asked) = mpsc::unbounded_channel();
         let (go, go_rx) = oneshot::channel();
         let (sent_tx, sent) = oneshot::channel();
         let task = tokio::spawn(serve(
-            sender,
-            receiver,
+            client,
             topic,
             page,
             misbehaviour,
@@ -105,8 +90,7 @@ impl Drop for FakeHost {
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    sender: FrameSender,
-    mut receiver: FrameReceiver,
+    mut client: Client,
     topic: Topic,
     page: Vec<u8>,
     misbehaviour: Misbehaviour,
@@ -117,7 +101,7 @@ async fn serve(
 ) {
     // The first WebRTC request, held until the test says go.
     let visitor = loop {
-        let Some(frame) = receiver.recv().await else {
+        let Ok(frame) = client.next_frame().await else {
             return;
         };
         if frame.event == event::CONTENT_REQUEST
@@ -136,12 +120,12 @@ async fn serve(
     let session = Session::offer(&settings, events_tx)
         .await
         .expect("the fake host builds a session");
-    let mut next_ref = 100u64;
+    let topic = topic.to_string();
     let mut sent = Some(sent);
     loop {
         tokio::select! {
-            frame = receiver.recv() => {
-                let Some(frame) = frame else { return };
+            frame = client.next_frame() => {
+                let Ok(frame) = frame else { return };
                 if frame.event == event::SIGNAL
                     && let Ok(signal) = frame.payload_as::<SignalFrom>()
                     && signal.from == visitor
@@ -155,15 +139,10 @@ async fn serve(
             }
             event = events.recv() => match event {
                 Some(SessionEvent::Signal(body)) => {
-                    next_ref += 1;
-                    let frame = Frame::with_payload(
-                        None,
-                        Some(next_ref.to_string()),
-                        topic.to_string(),
-                        event::SIGNAL,
-                        &SignalTo { to: visitor, body },
-                    );
-                    sender.send(&frame);
+                    let signal = SignalTo { to: visitor, body };
+                    if client.push(&topic, event::SIGNAL, &signal).await.is_err() {
+                        return;
+                    }
                 }
                 Some(SessionEvent::Open { message_size }) => {
                     misbehave(&session, &page, message_size, misbehaviour).await;
@@ -172,7 +151,9 @@ async fn serve(
                     }
                     if misbehaviour == Misbehaviour::VanishMidTransfer {
                         session.close().await;
-                        sender.close();
+                        // Gone either way: how the server answers the
+                        // close is not what the test is about.
+                        let _ = client.close().await;
                         return;
                     }
                 }
