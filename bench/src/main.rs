@@ -26,6 +26,8 @@
 //! - [`churn`]: 9, a soak of connect/join/leave/disconnect cycles: memory
 //!   and gauges before and after.
 //! - [`nat`]: 10, time to content across the NAT lab: direct, TURN, relay.
+//! - [`cluster`]: 11, the cluster on Redis: idle connections across three
+//!   nodes, signals one node vs two, time to content across nodes.
 //! - [`children`]: the servers under test, each its own process.
 //! - [`load`]: what the load generator sends, and from which addresses.
 //! - [`report`]: rows, percentiles, the table and the JSON.
@@ -34,6 +36,7 @@ mod browser;
 mod children;
 mod churn;
 mod client_size;
+mod cluster;
 mod flood;
 mod load;
 mod memory;
@@ -89,6 +92,9 @@ enum Bench {
     Churn,
     /// 10. Time to content across NATs: direct, TURN, websocket relay.
     Nat,
+    /// 11. The cluster on Redis: idle connections on three nodes, signals
+    ///     one node vs two, time to content across nodes.
+    Cluster,
 }
 
 /// What this binary is when the harness re-executes it as a server.
@@ -104,6 +110,13 @@ enum ChildRole {
     /// The bare tokio-tungstenite echo server (the signaling ceiling).
     #[command(hide = true)]
     EchoServer,
+    /// Idle connections for the cluster benchmark, held until stdin closes.
+    #[command(hide = true)]
+    IdleClients {
+        url: String,
+        first: usize,
+        count: usize,
+    },
 }
 
 fn main() {
@@ -121,6 +134,9 @@ fn main() {
     let result = match cli.child {
         Some(ChildRole::Serve { flags }) => runtime.block_on(serve(flags)),
         Some(ChildRole::EchoServer) => runtime.block_on(children::run_echo_server()),
+        Some(ChildRole::IdleClients { url, first, count }) => {
+            runtime.block_on(cluster::run_idle_clients(url, first, count))
+        }
         None => runtime.block_on(bench(cli.quick, &cli.only)),
     };
     if let Err(error) = result {
@@ -227,6 +243,12 @@ async fn bench(quick: bool, only: &[Bench]) -> Result<()> {
         record(
             "10. Time to content across NATs",
             nat::run(&nat::Samples::new(quick), &workspace).await,
+        );
+    }
+    if wanted(Bench::Cluster) {
+        record(
+            "11. Cluster",
+            cluster::run(&cluster::Load::new(quick), fd_limit).await,
         );
     }
 

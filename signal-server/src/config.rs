@@ -37,10 +37,12 @@ pub struct Config {
     #[arg(long, env = "EPHEMERAL_MAX_FRAME_BYTES", default_value_t = 2 * MIB)]
     pub max_frame_bytes: usize,
 
-    /// Initial read buffer per connection, in bytes. The library default
-    /// (128 KiB) would cost 6 GiB at 50k idle connections; most messages
-    /// are signals of a few hundred bytes, and the buffer grows on demand.
-    #[arg(long, env = "EPHEMERAL_READ_BUFFER_BYTES", default_value_t = 4096)]
+    /// Initial read buffer per connection, in bytes, kept for the
+    /// connection's life. The library default (128 KiB) would cost 6 GiB
+    /// at 50k idle connections. Small is cheap: the socket is read in
+    /// large chunks underneath (`lean_io`), and the buffer grows to fit a
+    /// larger message when one comes.
+    #[arg(long, env = "EPHEMERAL_READ_BUFFER_BYTES", default_value_t = 256)]
     pub read_buffer_bytes: usize,
 
     /// Bytes buffered per connection before a write goes to the socket; 0
@@ -281,6 +283,28 @@ pub struct Config {
     #[arg(long, env = "EPHEMERAL_METRICS_BIND")]
     pub metrics_bind: Option<SocketAddr>,
 
+    /// Join the cluster of every node using this Redis
+    /// (`redis://host:port/`): pages hosted on any node are fetched from
+    /// any other, with the same guarantees (docs/cluster.md). Not given: a
+    /// single process, nothing shared.
+    #[arg(long = "redis", env = "EPHEMERAL_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Milliseconds between a cluster node's heartbeats in Redis, which is
+    /// also how often it looks for nodes that came or went.
+    #[arg(long, env = "EPHEMERAL_CLUSTER_HEARTBEAT_MS", default_value_t = 500)]
+    pub cluster_heartbeat_ms: u64,
+
+    /// Milliseconds after its last heartbeat that a node counts as gone:
+    /// its sockets leave every page, and its pages move to other nodes.
+    #[arg(long, env = "EPHEMERAL_CLUSTER_NODE_TTL_MS", default_value_t = 2000)]
+    pub cluster_node_ttl_ms: u64,
+
+    /// Bytes of messages for other nodes queued while Redis is slow, before
+    /// further ones are dropped (and the nodes resynchronised).
+    #[arg(long, env = "EPHEMERAL_CLUSTER_QUEUE_BYTES", default_value_t = 64 * MIB)]
+    pub cluster_queue_bytes: usize,
+
     /// Log filter, e.g. `info` or `signal_server=debug`.
     #[arg(long, env = "EPHEMERAL_LOG", default_value = "info")]
     pub log: String,
@@ -293,7 +317,7 @@ impl Default for Config {
             max_page_bytes: MIB,
             max_message_bytes: 2 * MIB,
             max_frame_bytes: 2 * MIB,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 256,
             write_buffer_bytes: 0,
             max_topics_per_socket: 100,
             messages_per_second: 100,
@@ -332,6 +356,10 @@ impl Default for Config {
             turn_quota_bytes: 64 * MIB as u64,
             metrics_token: None,
             metrics_bind: None,
+            redis_url: None,
+            cluster_heartbeat_ms: 500,
+            cluster_node_ttl_ms: 2000,
+            cluster_queue_bytes: 64 * MIB,
             log: "info".into(),
         }
     }
@@ -374,6 +402,14 @@ impl Config {
         Duration::from_millis(self.slot_timeout_ms)
     }
 
+    pub fn cluster_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.cluster_heartbeat_ms)
+    }
+
+    pub fn cluster_node_ttl(&self) -> Duration {
+        Duration::from_millis(self.cluster_node_ttl_ms)
+    }
+
     /// Settings that make no sense together, said in words.
     pub fn validate(&self) -> Result<(), String> {
         if self.outbound_queue_bytes < self.max_message_bytes {
@@ -389,6 +425,25 @@ impl Config {
                  a relayed page travels in one message",
                 self.max_page_bytes, self.max_message_bytes
             ));
+        }
+        if self.redis_url.is_some() {
+            if self.selection == Selection::CoinFlip {
+                return Err(
+                    "--selection coin-flip is a single-process comparison mode; \
+                     it cannot be used with --redis"
+                        .into(),
+                );
+            }
+            if self.cluster_heartbeat_ms == 0
+                || self.cluster_node_ttl_ms < 2 * self.cluster_heartbeat_ms
+            {
+                return Err(format!(
+                    "--cluster-node-ttl-ms ({}) must be at least twice \
+                     --cluster-heartbeat-ms ({}), which must not be 0: \
+                     one late heartbeat must not make a node count as gone",
+                    self.cluster_node_ttl_ms, self.cluster_heartbeat_ms
+                ));
+            }
         }
         Ok(())
     }

@@ -12,15 +12,12 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use ephemeral_shared::frame::{Frame, event};
-use ephemeral_shared::protocol::{
-    Content, ContentRequest, ContentUnavailable, IceServer, JoinPayload, JoinReply, MAX_EXCLUDE,
-    PeerId, Reason, SignalFrom, SignalTo,
-};
+use ephemeral_shared::protocol::{IceServer, JoinPayload, JoinReply, PeerId, Reason};
 use ephemeral_shared::rate::RateLimiter;
-use ephemeral_shared::selection::Selection;
 use ephemeral_shared::topic::PHOENIX_TOPIC;
 use ephemeral_shared::{Role, Topic};
 use futures_util::StreamExt;
+use futures_util::stream::{SplitSink, SplitStream};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -28,10 +25,12 @@ use tokio::time::{Instant, timeout};
 
 use crate::AppState;
 use crate::addresses::Hold;
+use crate::cluster::local::PendingJoin;
 use crate::conn::{Conn, write_queue};
-use crate::membership::Member;
+use crate::membership::{Member, Target};
 use crate::metrics::Metrics;
-use crate::registry::Request;
+
+mod events;
 
 /// Close codes (RFC 6455, section 7.4.1).
 mod close {
@@ -69,23 +68,42 @@ enum Ending {
 }
 
 /// Serves one upgraded websocket until it closes. `hold` counts it against
-/// its client's address, `_permit` against the server's total; `ice_host`
+/// its client's address, `permit` against the server's total; `ice_host`
 /// is the host its STUN/TURN URLs name.
-pub async fn serve(
+///
+/// The socket is split before the future is built: an async fn keeps its
+/// arguments for its whole life, and the socket is a few hundred bytes of
+/// every idle connection; split, it lives once, behind the two halves.
+pub fn serve(
     socket: WebSocket,
+    state: Arc<AppState>,
+    hold: Hold,
+    permit: OwnedSemaphorePermit,
+    ice_host: String,
+) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    serve_split(sink, stream, state, hold, permit, ice_host)
+}
+
+async fn serve_split(
+    sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
     state: Arc<AppState>,
     hold: Hold,
     _permit: OwnedSemaphorePermit,
     ice_host: String,
 ) {
-    let peer = PeerId::from_random(rand::random());
+    // In a cluster a peer id names its node, so that signals for it go
+    // straight there.
+    let peer = match &state.cluster {
+        Some(cluster) => cluster.new_peer_id(),
+        None => PeerId::from_random(rand::random()),
+    };
     let config = &state.config;
-    let (conn, queue) = Conn::new(peer, hold.address().clone(), config.outbound_queue_bytes);
-    let (sink, mut stream) = socket.split();
+    let conn = Conn::new(peer, hold.address().clone(), config.outbound_queue_bytes);
     let (close_tx, close_rx) = oneshot::channel();
     let mut writer = tokio::spawn(write_queue(
         sink,
-        queue,
         close_rx,
         conn.clone(),
         config.write_timeout(),
@@ -203,18 +221,22 @@ fn message_len(message: &Message) -> usize {
 struct Session {
     conn: Arc<Conn>,
     state: Arc<AppState>,
-    /// Topics joined, with the join ref their pushes carry. A handful at
-    /// most, so a vector beats a map.
-    joined: Vec<(Topic, Option<String>)>,
+    /// Topics joined (their join refs are in the registry's members). A
+    /// handful at most, so a vector beats a map.
+    joined: Vec<Topic>,
     /// Messages of this socket, before any work is done for them.
     limiter: RateLimiter,
     /// Refusals this socket may still earn before it is closed as a flood.
     refusals: RateLimiter,
     /// Monotonic origin for the limiters' clock.
     epoch: Instant,
-    /// The STUN/TURN servers this session is handed, with TURN credentials
-    /// of its own, minted when the socket opens.
-    ice_servers: Vec<IceServer>,
+    /// The host name the client reached the server by, for the STUN/TURN
+    /// URLs it is handed, and when its TURN credentials expire (they are
+    /// minted for the socket when it opens). The list itself is built for
+    /// each join reply: kept, it would cost every idle socket half a
+    /// kilobyte.
+    ice_host: Box<str>,
+    turn_expiry: u64,
 }
 
 impl Session {
@@ -226,12 +248,13 @@ impl Session {
             Duration::ZERO,
         );
         let refusals = RateLimiter::new(REFUSALS_PER_SECOND, REFUSAL_BURST, Duration::ZERO);
-        let mut ice_servers = config.ice_servers.clone();
-        if let Some(service) = &state.stun_turn {
-            ice_servers.extend(service.ice_servers_for(&ice_host, conn.peer));
-        }
+        let turn_expiry = state
+            .stun_turn
+            .as_ref()
+            .map_or(0, |service| service.credential_expiry());
         Self {
-            ice_servers,
+            ice_host: ice_host.into_boxed_str(),
+            turn_expiry,
             conn,
             state,
             joined: Vec::new(),
@@ -243,6 +266,20 @@ impl Session {
 
     fn peer(&self) -> PeerId {
         self.conn.peer
+    }
+
+    /// The STUN/TURN servers this session is handed: `--ice-server`s, then
+    /// the built-in ones with this session's TURN credentials.
+    fn ice_servers(&self) -> Vec<IceServer> {
+        let mut servers = self.state.config.ice_servers.clone();
+        if let Some(service) = &self.state.stun_turn {
+            servers.extend(service.ice_servers_until(
+                &self.ice_host,
+                self.peer(),
+                self.turn_expiry,
+            ));
+        }
+        servers
     }
 
     /// Handles one message (not a close); `Some` when the socket must
@@ -375,17 +412,15 @@ impl Session {
         }
     }
 
-    fn join_ref(&self, topic: Topic) -> Option<&Option<String>> {
-        self.joined
-            .iter()
-            .find(|(t, _)| *t == topic)
-            .map(|(_, join_ref)| join_ref)
+    fn is_joined(&self, topic: Topic) -> bool {
+        self.joined.contains(&topic)
     }
 
     fn require_joined(&self, topic: Topic) -> Result<(), Refusal> {
-        match self.join_ref(topic) {
-            Some(_) => Ok(()),
-            None => Err((Reason::NotJoined, format!("join {topic} first"))),
+        if self.is_joined(topic) {
+            Ok(())
+        } else {
+            Err((Reason::NotJoined, format!("join {topic} first")))
         }
     }
 
@@ -398,7 +433,7 @@ impl Session {
     }
 
     fn join(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
-        if self.join_ref(topic).is_some() {
+        if self.is_joined(topic) {
             return Err((Reason::AlreadyJoined, format!("already joined {topic}")));
         }
         let config = &self.state.config;
@@ -419,29 +454,53 @@ impl Session {
             );
             return Err((Reason::AddressRateLimited, detail));
         }
-        self.joined.push((topic, frame.join_ref.clone()));
+        if self.joined.capacity() == 0 {
+            // Most sockets join one or two topics: not room for four.
+            self.joined.reserve_exact(2);
+        }
+        self.joined.push(topic);
         let member = Member {
             conn: self.conn.clone(),
             join_ref: frame.join_ref.clone(),
         };
-        let counts = self.state.registry.join(topic, member);
         if let (Role::Have, Some(path)) = (topic.role, path) {
             self.state.metrics.fetched(path);
         }
-        let reply = JoinReply {
+        let mut reply = JoinReply {
             peer_id: self.peer(),
-            count: counts.count,
-            waiting: counts.waiting,
-            ice_servers: self.ice_servers.clone(),
+            count: 0,
+            waiting: 0,
+            ice_servers: self.ice_servers(),
             max_relay_bytes: Some(config.max_page_bytes),
         };
+        let counts = match &self.state.cluster {
+            None => Some(
+                self.state
+                    .registry
+                    .join(topic, self.peer(), Target::Local(member)),
+            ),
+            // The counts are the page's home's to give: on another node,
+            // the reply goes out when its answer comes back.
+            Some(cluster) => {
+                let pending = PendingJoin {
+                    frame: reply_to(frame),
+                    reply: reply.clone(),
+                };
+                cluster.join(topic, member, pending)
+            }
+        };
+        let Some(counts) = counts else {
+            return Ok(Vec::new());
+        };
+        reply.count = counts.count;
+        reply.waiting = counts.waiting;
         Ok(vec![frame.reply_ok(&reply)])
     }
 
     fn leave(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
         self.require_joined(topic)?;
-        self.joined.retain(|(t, _)| *t != topic);
-        self.state.registry.leave(topic, self.peer());
+        self.joined.retain(|t| *t != topic);
+        self.leave_topic(topic);
         // Phoenix closes a left channel with phx_close carrying the join ref
         // as both refs.
         let close = Frame::new(
@@ -454,133 +513,17 @@ impl Session {
         Ok(vec![frame.reply_ok(&json!({})), close])
     }
 
-    fn content_request(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
-        let request: ContentRequest = frame
-            .payload_as()
-            .map_err(|e| (Reason::BadPayload, e.to_string()))?;
-        if request.exclude.len() > MAX_EXCLUDE {
-            let detail = format!(
-                "exclude lists at most {MAX_EXCLUDE} peers; got {}",
-                request.exclude.len()
-            );
-            return Err((Reason::BadPayload, detail));
+    fn leave_topic(&self, topic: Topic) {
+        match &self.state.cluster {
+            Some(cluster) => cluster.leave(topic, self.peer()),
+            None => self.state.registry.leave(topic, self.peer()),
         }
-        let request = Request {
-            visitor: Member {
-                conn: self.conn.clone(),
-                join_ref: frame.join_ref.clone(),
-            },
-            msg_ref: frame.msg_ref.clone(),
-            relay: request.relay,
-            exclude: request.exclude.into_iter().collect(),
-        };
-        // The registry queues the reply on this socket (now, or when a host
-        // has a free slot), ahead of anything the host will send.
-        let registry = &self.state.registry;
-        match self.state.config.selection {
-            Selection::Uniform => registry.request(topic.hash, request),
-            Selection::CoinFlip => registry.coin_flip(topic.hash, request),
-        }
-        Ok(Vec::new())
-    }
-
-    /// Relayed content goes only to visitors whose request went to this
-    /// host, once per request: a host cannot make the server multiply its
-    /// bytes over every visitor of the page.
-    fn content(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
-        let Content { content } = frame
-            .payload_as()
-            .map_err(|e| (Reason::BadPayload, e.to_string()))?;
-        let max = self.state.config.max_page_bytes;
-        if content.len() > max {
-            let detail = format!("page is {} bytes, the limit is {max}", content.len());
-            return Err((Reason::PageTooLarge, detail));
-        }
-        let registry = &self.state.registry;
-        let asked = registry.relay_visitors(topic.hash, self.peer());
-        if asked == 0 {
-            let detail = "no visitor's request for the page went to this host".to_string();
-            return Err((Reason::NotRequested, detail));
-        }
-        if !topic.hash.matches(content.as_bytes()) {
-            let detail = "content does not hash to the topic's SHA-256".to_string();
-            return Err((Reason::HashMismatch, detail));
-        }
-        let page_bytes = content.len() as u64;
-        if !self
-            .conn
-            .address
-            .admit_relay(page_bytes.saturating_mul(asked as u64))
-        {
-            let detail = format!(
-                "your address is over {} relayed bytes per second",
-                self.state.config.relay_bytes_per_second_per_address
-            );
-            return Err((Reason::RelayQuota, detail));
-        }
-        let delivered = registry.relay(topic.hash, self.peer(), content);
-        Ok(vec![frame.reply_ok(&json!({ "delivered": delivered }))])
-    }
-
-    /// A host that cannot relay the page (too large for the relay) says so;
-    /// the visitor that asked hears it at once instead of timing out.
-    fn content_unavailable(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
-        let ContentUnavailable { to, size } = frame
-            .payload_as()
-            .map_err(|e| (Reason::BadPayload, e.to_string()))?;
-        if !self
-            .state
-            .registry
-            .relay_unavailable(topic.hash, self.peer(), to, size)
-        {
-            let detail = format!("peer {to} did not ask this host for the page");
-            return Err((Reason::NotRequested, detail));
-        }
-        Ok(vec![frame.reply_ok(&json!({}))])
-    }
-
-    fn signal(&mut self, frame: &Frame, topic: Topic) -> Result<Vec<Frame>, Refusal> {
-        let SignalTo { to, body } = frame
-            .payload_as()
-            .map_err(|e| (Reason::BadPayload, e.to_string()))?;
-        let other_side = topic.opposite();
-        let registry = &self.state.registry;
-        let Some(target) = registry.member(other_side, to) else {
-            let detail = format!("peer {to} is not on {other_side}");
-            return Err((Reason::UnknownPeer, detail));
-        };
-        if topic.role == Role::Want {
-            // The visitor answers its host: its upload slot is in use.
-            registry.progress(topic.hash, self.peer(), to);
-        }
-        let forwarded = SignalFrom {
-            from: self.peer(),
-            body,
-        };
-        let text = Frame::with_payload(
-            target.join_ref.clone(),
-            None,
-            other_side.to_string(),
-            event::SIGNAL,
-            &forwarded,
-        )
-        .encode();
-        target.conn.deliver(text.into(), &self.state.metrics);
-        self.state
-            .metrics
-            .signals_relayed
-            .fetch_add(1, Ordering::Relaxed);
-        // No ok reply (Phoenix's `:noreply`): a negotiation is a dozen
-        // signals each way, the receiver's answer is the acknowledgement,
-        // and an ok per signal would double what the server writes. Errors
-        // are still replied.
-        Ok(Vec::new())
     }
 
     /// Removes this connection from every topic it joined.
     fn leave_all(&mut self) {
-        for (topic, _) in self.joined.drain(..) {
-            self.state.registry.leave(topic, self.conn.peer);
+        for topic in std::mem::take(&mut self.joined) {
+            self.leave_topic(topic);
         }
     }
 }

@@ -25,6 +25,7 @@ use tower::ServiceExt;
 
 use crate::AppState;
 use crate::addresses::{Hold, Kind};
+use crate::lean_io::LeanIo;
 
 /// How long to pause accepting after an accept error (out of descriptors,
 /// typically), so the loop does not spin while connections close.
@@ -96,7 +97,8 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.http_header_timeout())
         .keep_alive(true)
-        .serve_connection(TokioIo::new(tcp), service)
+        // Under the websocket too, once upgraded: see `lean_io`.
+        .serve_connection(TokioIo::new(LeanIo::new(tcp)), service)
         .with_upgrades();
     tokio::pin!(connection);
     let finished = tokio::select! {

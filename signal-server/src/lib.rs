@@ -13,10 +13,13 @@
 //!                                            ├─ shared::routing (the policy)
 //!                                            ├─ run_timers (one, at deadlines)
 //!                                            └─ broadcast_counts (coalesced)
+//!   with --redis: cluster ── pages homed on other nodes, through Redis
 //! ```
 //!
 //! - [`config`]: every setting and limit, from flags or `EPHEMERAL_*`.
 //! - [`http`]: the listener, per-address connection cap, HTTP timeouts.
+//! - [`lean_io`]: the TCP stream under HTTP and websockets, which reads
+//!   large and keeps no read memory while a connection is idle.
 //! - [`addresses`]: client addresses (through trusted proxies) and their
 //!   limits.
 //! - [`connection`]: one socket, start to close.
@@ -25,6 +28,9 @@
 //! - [`membership`]: who is on which page, each page under its own lock.
 //! - [`registry`]: routing on the wire: the routing policy's decisions as
 //!   frames, the one timer, count broadcasts.
+//! - [`timers`]: each page's next routing deadline, for the one timer.
+//! - [`cluster`]: with `--redis`, many nodes as one: each page's routing
+//!   state on its home node, the rest forwarded through Redis.
 //! - [`stun_turn`]: the built-in STUN/TURN server and its credentials.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`assets`]: the embedded web client.
@@ -34,14 +40,17 @@
 
 pub mod addresses;
 pub mod assets;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod connection;
 pub mod http;
+pub mod lean_io;
 pub mod membership;
 pub mod metrics;
 pub mod registry;
 pub mod stun_turn;
+pub mod timers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,7 +75,9 @@ pub use metrics::Metrics;
 /// What every request handler shares.
 pub struct AppState {
     pub config: Config,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
+    /// With `--redis`: this node's part in the cluster.
+    pub cluster: Option<Arc<cluster::Cluster>>,
     /// The built-in STUN/TURN server, unless `--no-stun`.
     pub stun_turn: Option<Arc<stun_turn::StunTurn>>,
     pub metrics: Arc<Metrics>,
@@ -89,6 +100,8 @@ pub struct RunningServer {
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     serve_task: tokio::task::JoinHandle<()>,
+    /// The Redis link, with `--redis`: it says goodbye to the cluster.
+    link_task: Option<tokio::task::JoinHandle<()>>,
     connections_done: mpsc::Receiver<()>,
 }
 
@@ -127,6 +140,9 @@ impl RunningServer {
         let wait = async {
             let _ = (&mut self.serve_task).await;
             while self.connections_done.recv().await.is_some() {}
+            if let Some(link) = &mut self.link_task {
+                let _ = link.await;
+            }
         };
         if tokio::time::timeout(Duration::from_secs(5), wait)
             .await
@@ -175,6 +191,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         largest_message: config.max_message_bytes as u64,
         largest_page: config.max_page_bytes as u64,
     });
+    let (registry, cluster, link) = match &config.redis_url {
+        None => (
+            Arc::new(Registry::new(metrics.clone(), routing)),
+            None,
+            None,
+        ),
+        Some(url) => {
+            let (registry, cluster, link) = clustered(&config, url, routing, &metrics)?;
+            (registry, Some(cluster), Some(link))
+        }
+    };
     let stun_turn = if config.no_stun {
         None
     } else {
@@ -183,7 +210,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Some(Arc::new(service))
     };
     let state = Arc::new(AppState {
-        registry: Registry::new(metrics.clone(), routing),
+        registry,
+        cluster: cluster.clone(),
         stun_turn: stun_turn.clone(),
         metrics: metrics.clone(),
         addresses,
@@ -205,6 +233,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let timer_state = state.clone();
     let timer_shutdown = shutdown_rx.clone();
     tokio::spawn(async move { timer_state.registry.run_timers(timer_shutdown).await });
+    let link_task = match (cluster, link) {
+        (Some(cluster), Some((client, outgoing))) => Some(tokio::spawn(cluster::link::run(
+            cluster,
+            client,
+            outgoing,
+            shutdown_rx.clone(),
+        ))),
+        _ => None,
+    };
 
     let (app, metrics_app) = routers(state.clone());
     if let (Some(listener), Some(metrics_app)) = (metrics_listener, metrics_app) {
@@ -224,8 +261,55 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         metrics,
         shutdown: shutdown_tx,
         serve_task,
+        link_task,
         connections_done: done_rx,
     })
+}
+
+/// What a cluster node runs on: its registry, its part in the cluster,
+/// and what the Redis link task takes.
+type Clustered = (
+    Arc<Registry>,
+    Arc<cluster::Cluster>,
+    (redis::Client, mpsc::UnboundedReceiver<cluster::Outgoing>),
+);
+
+fn clustered(
+    config: &Config,
+    url: &str,
+    routing: Limits,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Clustered> {
+    // Only the URL is checked here: an unreachable Redis is a degraded
+    // node, not one that refuses to start.
+    let client = redis::Client::open(url).context("--redis is not a Redis URL")?;
+    let node = cluster::NodeId::from_bits(rand::random());
+    let (outbox, outgoing) =
+        cluster::Outbox::new(node, config.cluster_queue_bytes, metrics.clone());
+    let registry = Arc::new(Registry::clustered(
+        metrics.clone(),
+        routing,
+        outbox.clone(),
+    ));
+    let settings = cluster::Settings {
+        redis_url: url.to_string(),
+        heartbeat: config.cluster_heartbeat(),
+        node_ttl: config.cluster_node_ttl(),
+        progress_every: config.slot_timeout() / 4,
+        caps: cluster::wire::Caps {
+            max_page_bytes: config.max_page_bytes,
+            max_signal_bytes: config.max_signal_bytes,
+        },
+    };
+    let cluster = Arc::new(cluster::Cluster::new(
+        node,
+        settings,
+        registry.clone(),
+        outbox,
+        metrics.clone(),
+    ));
+    tracing::info!(%node, redis = %client.get_connection_info().addr(), "starting as a cluster node");
+    Ok((registry, cluster, (client, outgoing)))
 }
 
 fn stun_turn_config(config: &Config) -> stun_turn::StunTurnConfig {
@@ -276,7 +360,7 @@ fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
     let metrics_route = Router::new().route("/metrics", get(metrics));
     let public = Router::new()
         .route("/ws/websocket", get(websocket))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(healthz));
     let (public, separate) = if state.config.metrics_bind.is_some() {
         (public, Some(metrics_route.with_state(state.clone())))
     } else {
@@ -287,6 +371,20 @@ fn routers(state: Arc<AppState>) -> (Router, Option<Router>) {
         .route("/{*path}", get(assets::file))
         .with_state(state);
     (public, separate)
+}
+
+/// `ok`; or, on a cluster node that cannot reach Redis, 503 `degraded`:
+/// it still serves what its own sockets host, but not pages hosted on
+/// other nodes, so a load balancer should prefer the others.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match &state.cluster {
+        Some(cluster) if !cluster.is_up() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded: cannot reach Redis; serving this node's own pages only\n",
+        )
+            .into_response(),
+        _ => "ok\n".into_response(),
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -409,8 +507,11 @@ async fn websocket(
         .max_frame_size(config.max_frame_bytes)
         .on_upgrade(move |socket| {
             let done = state.connections_done.clone();
+            // Built here, not inside the block: the block then holds the
+            // connection's future, not also the socket it started from.
+            let serving = connection::serve(socket, state, hold, permit, ice_host);
             async move {
-                connection::serve(socket, state, hold, permit, ice_host).await;
+                serving.await;
                 drop(done);
             }
         })

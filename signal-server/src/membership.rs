@@ -10,10 +10,12 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ephemeral_shared::protocol::PeerId;
+use ephemeral_shared::frame::{Frame, event};
+use ephemeral_shared::protocol::{PeerId, SignalBody, SignalFrom};
 use ephemeral_shared::routing::{self, Limits};
-use ephemeral_shared::{PageHash, Role};
+use ephemeral_shared::{PageHash, Role, Topic};
 
+use crate::cluster::NodeId;
 use crate::conn::Conn;
 use crate::metrics::Metrics;
 
@@ -24,12 +26,47 @@ pub struct Member {
     pub join_ref: Option<String>,
 }
 
+impl Member {
+    /// Queues a `signal` from `from` for this member of `topic`: `from` is
+    /// stamped by the server, whatever the sender wrote.
+    pub fn deliver_signal(&self, topic: Topic, from: PeerId, body: SignalBody, metrics: &Metrics) {
+        let forwarded = SignalFrom { from, body };
+        let text = Frame::with_payload(
+            self.join_ref.clone(),
+            None,
+            topic.to_string(),
+            event::SIGNAL,
+            &forwarded,
+        )
+        .encode();
+        self.conn.deliver(text.into(), metrics);
+        metrics.signals_relayed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How the node holding a page's routing state reaches a member: through
+/// its own socket, or — in a cluster — through the node the socket is on.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Local(Member),
+    Remote(NodeId),
+}
+
+impl Target {
+    pub fn local(&self) -> Option<&Member> {
+        match self {
+            Target::Local(member) => Some(member),
+            Target::Remote(_) => None,
+        }
+    }
+}
+
 /// One page: its members on each side, and its routing state, which knows
 /// the same members by id. `T` is what a waiting request carries.
 #[derive(Debug)]
 pub struct Page<T> {
-    pub hosts: HashMap<PeerId, Member>,
-    pub wanters: HashMap<PeerId, Member>,
+    pub hosts: HashMap<PeerId, Target>,
+    pub wanters: HashMap<PeerId, Target>,
     pub routing: routing::Page<T>,
     /// Set when the page leaves the map; a task that found it just before
     /// looks it up again.
@@ -37,28 +74,39 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
-    pub fn side(&self, role: Role) -> &HashMap<PeerId, Member> {
+    pub fn side(&self, role: Role) -> &HashMap<PeerId, Target> {
         match role {
             Role::Have => &self.hosts,
             Role::Want => &self.wanters,
         }
     }
 
-    pub fn side_mut(&mut self, role: Role) -> &mut HashMap<PeerId, Member> {
+    pub fn side_mut(&mut self, role: Role) -> &mut HashMap<PeerId, Target> {
         match role {
             Role::Have => &mut self.hosts,
             Role::Want => &mut self.wanters,
         }
     }
 
-    /// Every member's connection, with the side it is on.
-    pub fn connections(&self) -> Vec<(Role, Arc<Conn>)> {
-        let hosts = self.hosts.values().map(|m| (Role::Have, m.conn.clone()));
-        let wanters = self.wanters.values().map(|m| (Role::Want, m.conn.clone()));
-        hosts.chain(wanters).collect()
+    /// Every local member's connection, with the side it is on; and the
+    /// nodes other members are on, each once.
+    pub fn connections(&self) -> (Vec<(Role, Arc<Conn>)>, Vec<NodeId>) {
+        let mut local = Vec::with_capacity(self.hosts.len() + self.wanters.len());
+        let mut nodes = Vec::new();
+        let sides = [(Role::Have, &self.hosts), (Role::Want, &self.wanters)];
+        for (role, side) in sides {
+            for target in side.values() {
+                match target {
+                    Target::Local(member) => local.push((role, member.conn.clone())),
+                    Target::Remote(node) if !nodes.contains(node) => nodes.push(*node),
+                    Target::Remote(_) => {}
+                }
+            }
+        }
+        (local, nodes)
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.hosts.is_empty() && self.wanters.is_empty()
     }
 }
@@ -87,6 +135,27 @@ impl<T> Pages<T> {
             limits,
             metrics,
         }
+    }
+
+    /// Every page now in the map.
+    pub fn hashes(&self) -> Vec<PageHash> {
+        lock(&self.map).keys().copied().collect()
+    }
+
+    /// Takes the page of `hash` out of the map, whatever it holds: its
+    /// state is rebuilt elsewhere (a cluster moved the page's home).
+    pub fn remove(&self, hash: PageHash) -> Option<Page<T>> {
+        let entry = lock(&self.map).remove(&hash)?;
+        self.metrics.pages.fetch_sub(1, Ordering::Relaxed);
+        let mut page = lock(&entry);
+        page.removed = true;
+        let routing = std::mem::replace(&mut page.routing, routing::Page::new(self.limits));
+        Some(Page {
+            hosts: std::mem::take(&mut page.hosts),
+            wanters: std::mem::take(&mut page.wanters),
+            routing,
+            removed: true,
+        })
     }
 
     /// Runs `f` on the page of `hash` under its own lock (creating the page

@@ -3,7 +3,7 @@
 //! instruction on the hot path.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use ephemeral_shared::path::Path;
 pub use ephemeral_shared::protocol::Reason;
@@ -31,6 +31,34 @@ pub struct Metrics {
     /// Pages fetched, by the path they took (what visitors report when
     /// they start hosting).
     fetches: [AtomicU64; Path::ALL.len()],
+    /// The link to the other nodes, with `--redis`.
+    pub cluster: ClusterMetrics,
+}
+
+/// A cluster node's link through Redis; rendered only on a cluster node.
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    pub enabled: AtomicBool,
+    /// 1 while the node reaches Redis, 0 while it serves alone.
+    pub redis_up: AtomicI64,
+    /// Live nodes this node sees, itself included.
+    pub nodes_alive: AtomicI64,
+    pub messages_out: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Messages published that no node was subscribed to receive.
+    pub undelivered: AtomicU64,
+    /// Messages not sent: the link was down or its queue full.
+    pub dropped: AtomicU64,
+    /// Received messages refused as malformed or invalid.
+    pub invalid: AtomicU64,
+    /// Failed Redis connections and commands.
+    pub errors: AtomicU64,
+    /// Times the link came back after being lost.
+    pub reconnects: AtomicU64,
+    /// Snapshots sent to re-home pages or repair a node's view.
+    pub snapshots: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -49,6 +77,7 @@ impl Default for Metrics {
             count_broadcasts: AtomicU64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             fetches: std::array::from_fn(|_| AtomicU64::new(0)),
+            cluster: ClusterMetrics::default(),
         }
     }
 }
@@ -139,6 +168,9 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        if self.cluster.enabled.load(Ordering::Relaxed) {
+            self.cluster.render(&mut out);
+        }
         let name = "ephemeral_fetches_total";
         let _ = writeln!(
             out,
@@ -164,6 +196,83 @@ impl Metrics {
     }
 }
 
+impl ClusterMetrics {
+    fn render(&self, out: &mut String) {
+        let gauges = [
+            (
+                "ephemeral_cluster_redis_up",
+                "1 while this node reaches Redis; 0 while it serves alone (degraded).",
+                &self.redis_up,
+            ),
+            (
+                "ephemeral_cluster_nodes_alive",
+                "Live nodes this node sees, itself included.",
+                &self.nodes_alive,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        let counters = [
+            (
+                "ephemeral_cluster_messages_out_total",
+                "Messages published to other nodes through Redis.",
+                &self.messages_out,
+            ),
+            (
+                "ephemeral_cluster_messages_in_total",
+                "Messages received from other nodes through Redis.",
+                &self.messages_in,
+            ),
+            (
+                "ephemeral_cluster_bytes_out_total",
+                "Bytes of messages published to other nodes.",
+                &self.bytes_out,
+            ),
+            (
+                "ephemeral_cluster_bytes_in_total",
+                "Bytes of messages received from other nodes.",
+                &self.bytes_in,
+            ),
+            (
+                "ephemeral_cluster_undelivered_total",
+                "Messages published while their node was not subscribed.",
+                &self.undelivered,
+            ),
+            (
+                "ephemeral_cluster_dropped_total",
+                "Messages not sent: the link was down or its queue full.",
+                &self.dropped,
+            ),
+            (
+                "ephemeral_cluster_invalid_total",
+                "Received messages refused as malformed or invalid.",
+                &self.invalid,
+            ),
+            (
+                "ephemeral_cluster_errors_total",
+                "Failed Redis connections and commands.",
+                &self.errors,
+            ),
+            (
+                "ephemeral_cluster_reconnects_total",
+                "Times the link to Redis came back after being lost.",
+                &self.reconnects,
+            ),
+            (
+                "ephemeral_cluster_snapshots_total",
+                "Membership snapshots sent to other nodes.",
+                &self.snapshots,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +290,16 @@ mod tests {
         for (i, why) in Reason::ALL.iter().enumerate() {
             assert_eq!(*why as usize, i, "ALL is in declaration order");
         }
+        assert!(
+            !text.contains("ephemeral_cluster_"),
+            "no cluster, no cluster metrics"
+        );
+        metrics.cluster.enabled.store(true, Ordering::Relaxed);
+        metrics.cluster.nodes_alive.store(3, Ordering::Relaxed);
+        assert!(
+            metrics
+                .render()
+                .contains("ephemeral_cluster_nodes_alive 3\n")
+        );
     }
 }

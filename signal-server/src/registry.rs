@@ -4,33 +4,41 @@
 //! into frames, delivered once the page's lock is released. Runs the one
 //! timer task, which wakes at the earliest deadline of any page, and the
 //! task that sends coalesced `visitors_count` broadcasts.
+//!
+//! In a cluster this is the state of the pages homed on this node, and a
+//! member may be a socket of another node ([`Target::Remote`]): what the
+//! policy decides for it goes to that node as a typed message instead of
+//! a frame.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use ephemeral_shared::frame::{Frame, event};
-use ephemeral_shared::protocol::{
-    Content, ContentUnavailableFrom, HostRequest, PeerId, Reason, RequestRouted, VisitorsCount,
-};
+use ephemeral_shared::protocol::{HostRequest, PeerId, Reason, RequestRouted, VisitorsCount};
 use ephemeral_shared::routing::{self, Broadcast, Event, Inputs, Limits};
 use ephemeral_shared::{PageHash, Role, Topic};
 use rand::Rng;
-use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::cluster::wire::{Counts, Message, PageCounts};
+use crate::cluster::{NodeId, Outbox};
 use crate::conn::Conn;
-use crate::membership::{Member, Page, Pages, lock};
+use crate::membership::{Member, Page, Pages, Target, lock};
 use crate::metrics::Metrics;
+use crate::timers::Timers;
+
+mod relay;
 
 /// A `content_request` as the server needs it to answer later.
 #[derive(Debug, Clone)]
 pub struct Request {
+    pub visitor: PeerId,
     /// The visitor, as a member of `want:<hash>`.
-    pub visitor: Member,
+    pub target: Target,
     /// The ref of the push, for the reply.
     pub msg_ref: Option<String>,
     pub relay: bool,
@@ -42,55 +50,20 @@ pub struct Request {
 /// answer the visitor and to tell its host.
 #[derive(Debug)]
 struct Pending {
-    visitor: Member,
+    visitor: PeerId,
+    target: Target,
     msg_ref: Option<String>,
     relay: bool,
 }
 
+/// A message for a local socket, or for another node of the cluster.
+enum Delivery {
+    Local(Arc<Conn>, Utf8Bytes),
+    Remote(NodeId, Message),
+}
+
 /// Messages to send once the lock is released.
-type Deliveries = Vec<(Arc<Conn>, Utf8Bytes)>;
-
-/// Each page's next deadline, earliest first: what the timer waits for.
-#[derive(Debug, Default)]
-struct Timers {
-    of_page: HashMap<PageHash, Duration>,
-    order: BTreeSet<(Duration, PageHash)>,
-}
-
-impl Timers {
-    /// Sets the page's deadline; whether it is now the earliest of all.
-    fn set(&mut self, hash: PageHash, deadline: Option<Duration>) -> bool {
-        if self.of_page.get(&hash) == deadline.as_ref() {
-            return false;
-        }
-        if let Some(old) = self.of_page.remove(&hash) {
-            self.order.remove(&(old, hash));
-        }
-        let Some(at) = deadline else {
-            return false;
-        };
-        self.of_page.insert(hash, at);
-        self.order.insert((at, hash));
-        self.order.first() == Some(&(at, hash))
-    }
-
-    fn first(&self) -> Option<Duration> {
-        self.order.first().map(|(at, _)| *at)
-    }
-
-    /// Takes off the pages whose deadline has come.
-    fn take_due(&mut self, now: Duration) -> Vec<PageHash> {
-        let mut due = Vec::new();
-        while let Some(&(at, hash)) = self.order.first()
-            && at <= now
-        {
-            self.order.pop_first();
-            self.of_page.remove(&hash);
-            due.push(hash);
-        }
-        due
-    }
-}
+type Deliveries = Vec<Delivery>;
 
 #[derive(Debug)]
 pub struct Registry {
@@ -104,17 +77,81 @@ pub struct Registry {
     /// What the routing policy's times count from.
     epoch: Instant,
     pub metrics: Arc<Metrics>,
+    /// In a cluster, how remote members are reached. Topic memberships
+    /// are then counted by the cluster, which sees every local one.
+    outbox: Option<Outbox>,
 }
 
 /// The visitor's original push, rebuilt to reply to it.
-fn reply_frame(hash: PageHash, pending: &Pending) -> Frame {
+fn reply_frame(hash: PageHash, member: &Member, msg_ref: Option<String>) -> Frame {
     Frame::new(
-        pending.visitor.join_ref.clone(),
-        pending.msg_ref.clone(),
+        member.join_ref.clone(),
+        msg_ref,
         Topic::want(hash).to_string(),
         event::CONTENT_REQUEST,
         Default::default(),
     )
+}
+
+/// A `visitors_count` broadcast on `topic`.
+pub fn counts_frame(topic: Topic, counts: &VisitorsCount) -> Utf8Bytes {
+    Frame::with_payload(None, None, topic.to_string(), event::VISITORS_COUNT, counts)
+        .encode()
+        .into()
+}
+
+/// The reply to a visitor's `content_request` of ref `msg_ref`: its host,
+/// or `no_hosts`.
+pub fn routed_reply(
+    hash: PageHash,
+    visitor: &Member,
+    msg_ref: Option<String>,
+    host: Option<PeerId>,
+) -> Utf8Bytes {
+    let frame = reply_frame(hash, visitor, msg_ref);
+    let reply = match host {
+        Some(host) => frame.reply_ok(&RequestRouted { host }),
+        None => frame.reply_error(Reason::NoHosts.as_str()),
+    };
+    reply.encode().into()
+}
+
+/// The answer to a request: its host, or `no_hosts`.
+fn answer_visitor(hash: PageHash, pending: Pending, host: Option<PeerId>, out: &mut Deliveries) {
+    match pending.target {
+        Target::Local(member) => {
+            let reply = routed_reply(hash, &member, pending.msg_ref, host);
+            out.push(Delivery::Local(member.conn, reply));
+        }
+        Target::Remote(node) => out.push(Delivery::Remote(
+            node,
+            Message::Routed {
+                page: hash,
+                visitor: pending.visitor,
+                msg_ref: pending.msg_ref,
+                host,
+            },
+        )),
+    }
+}
+
+/// Tells `host` to serve `visitor`.
+fn ask_host(hash: PageHash, host: PeerId, target: &Target, ask: HostRequest, out: &mut Deliveries) {
+    match target {
+        Target::Local(member) => {
+            let text = push(member, Topic::have(hash), event::CONTENT_REQUEST, &ask);
+            out.push(Delivery::Local(member.conn.clone(), text));
+        }
+        Target::Remote(node) => out.push(Delivery::Remote(
+            *node,
+            Message::HostRequest {
+                page: hash,
+                host,
+                from: ask.from,
+                relay: ask.relay,
+            },
+        )),
+    }
 }
 
 /// A push to a member of `topic`.
@@ -141,7 +178,14 @@ fn decide(
     let Page { hosts, routing, .. } = page;
     let mut rng = rand::rng();
     let mut random = || rng.random::<u64>();
-    let congested = |host: PeerId| hosts.get(&host).is_some_and(|m| m.conn.congested());
+    // A host on another node is not known to be behind: if it stops
+    // reading, its own node closes it, and it leaves.
+    let congested = |host: PeerId| {
+        hosts
+            .get(&host)
+            .and_then(Target::local)
+            .is_some_and(|m| m.conn.congested())
+    };
     let mut inputs = Inputs {
         now: epoch.elapsed(),
         random: &mut random,
@@ -160,6 +204,22 @@ impl Registry {
             timer_notify: Notify::new(),
             epoch: Instant::now(),
             metrics,
+            outbox: None,
+        }
+    }
+
+    /// The registry of a cluster node: remote members are reached through
+    /// `outbox`.
+    pub fn clustered(metrics: Arc<Metrics>, limits: Limits, outbox: Outbox) -> Self {
+        Self {
+            outbox: Some(outbox),
+            ..Self::new(metrics, limits)
+        }
+    }
+
+    fn count_topic(&self, delta: i64) {
+        if self.outbox.is_none() {
+            self.metrics.topics.fetch_add(delta, Ordering::Relaxed);
         }
     }
 
@@ -182,13 +242,12 @@ impl Registry {
         });
     }
 
-    /// Adds `member` to `topic`; the page's counts.
-    pub fn join(&self, topic: Topic, member: Member) -> VisitorsCount {
+    /// Adds `peer` to `topic`; the page's counts.
+    pub fn join(&self, topic: Topic, peer: PeerId, target: Target) -> VisitorsCount {
         let mut out = Deliveries::new();
         let mut counts = None;
         self.route_on(topic.hash, true, &mut out, |page| {
-            let peer = member.conn.peer;
-            page.side_mut(topic.role).insert(peer, member);
+            page.side_mut(topic.role).insert(peer, target);
             let events = decide(page, self.epoch, |routing, inputs| {
                 routing.join(topic.role, peer, inputs)
             });
@@ -196,7 +255,7 @@ impl Registry {
             events
         });
         self.deliver(out);
-        self.metrics.topics.fetch_add(1, Ordering::Relaxed);
+        self.count_topic(1);
         self.mark_dirty(topic.hash);
         counts.unwrap_or(VisitorsCount {
             count: 0,
@@ -216,18 +275,48 @@ impl Registry {
         });
         self.deliver(out);
         if removed {
-            self.metrics.topics.fetch_sub(1, Ordering::Relaxed);
+            self.count_topic(-1);
             self.mark_dirty(topic.hash);
         }
     }
 
-    /// The member `peer` of `topic`, if it is one.
+    /// The member `peer` of `topic`, if it is one of this node's sockets.
     pub fn member(&self, topic: Topic, peer: PeerId) -> Option<Member> {
         self.pages
             .with_page(topic.hash, false, |page| {
-                page.side(topic.role).get(&peer).cloned()
+                page.side(topic.role)
+                    .get(&peer)
+                    .and_then(Target::local)
+                    .cloned()
             })
             .flatten()
+    }
+
+    /// The pages whose routing state is here.
+    pub fn pages(&self) -> Vec<PageHash> {
+        self.pages.hashes()
+    }
+
+    /// The page's counts, if its routing state is here.
+    pub fn counts(&self, hash: PageHash) -> Option<VisitorsCount> {
+        self.pages
+            .with_page(hash, false, |page| page.routing.counts())
+    }
+
+    /// Drops the page's routing state, whatever it holds (a cluster moved
+    /// its home: the new home rebuilds it). Requests waiting in it get no
+    /// answer; their visitors ask again after their timeout.
+    pub fn drop_page(&self, hash: PageHash) {
+        let Some(page) = self.pages.remove(hash) else {
+            return;
+        };
+        let local = [&page.hosts, &page.wanters]
+            .into_iter()
+            .flat_map(|side| side.values())
+            .filter(|target| target.local().is_some())
+            .count();
+        self.count_topic(-(local as i64));
+        lock(&self.timers).set(hash, None);
     }
 
     /// A signal passed from `visitor` to `host`: the visitor is being
@@ -239,115 +328,6 @@ impl Registry {
         });
     }
 
-    /// How many visitors `host` may relay the page to.
-    pub fn relay_visitors(&self, hash: PageHash, host: PeerId) -> usize {
-        self.pages
-            .with_page(hash, false, |page| page.routing.relay_visitors(host))
-            .unwrap_or(0)
-    }
-
-    /// Relays `content` from `host` to the visitors whose request went to
-    /// it, each once; how many it was queued for.
-    pub fn relay(&self, hash: PageHash, host: PeerId, content: String) -> usize {
-        let visitors: Vec<Member> = self
-            .pages
-            .with_page(hash, false, |page| {
-                let asked = page.routing.take_relay_visitors(host);
-                asked
-                    .iter()
-                    .filter_map(|visitor| page.wanters.get(visitor).cloned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let page_bytes = content.len() as u64;
-        let payload = Content { content };
-        for visitor in &visitors {
-            let text = push(visitor, Topic::want(hash), event::CONTENT, &payload);
-            if visitor.conn.deliver(text, &self.metrics) {
-                self.metrics
-                    .relayed_bytes
-                    .fetch_add(page_bytes, Ordering::Relaxed);
-            }
-        }
-        visitors.len()
-    }
-
-    /// `host` cannot relay the page to `visitor`; tells the visitor, if it
-    /// asked this host. Whether it had.
-    pub fn relay_unavailable(
-        &self,
-        hash: PageHash,
-        host: PeerId,
-        visitor: PeerId,
-        size: u64,
-    ) -> bool {
-        let target = self
-            .pages
-            .with_page(hash, false, |page| {
-                if !page.routing.relay_unavailable(host, visitor) {
-                    return None;
-                }
-                page.wanters.get(&visitor).cloned()
-            })
-            .flatten();
-        let Some(target) = target else {
-            return false;
-        };
-        let payload = ContentUnavailableFrom { from: host, size };
-        let text = push(
-            &target,
-            Topic::want(hash),
-            event::CONTENT_UNAVAILABLE,
-            &payload,
-        );
-        target.conn.deliver(text, &self.metrics);
-        true
-    }
-
-    /// The seed's rule (`--selection coin-flip`): each host other than the
-    /// visitor and those it excludes gets the request with probability
-    /// 1/n; the visitor hears how many did, or `no_hosts` when none could.
-    pub fn coin_flip(&self, hash: PageHash, request: Request) {
-        let visitor = request.visitor.conn.peer;
-        let picked = self.pages.with_page(hash, false, |page| {
-            let mut rng = rand::rng();
-            let flip = page
-                .routing
-                .coin_flip(visitor, &request.exclude, &mut || rng.random());
-            let hosts: Vec<Member> = flip
-                .hosts
-                .iter()
-                .filter_map(|host| page.hosts.get(host).cloned())
-                .collect();
-            (hosts, flip.eligible)
-        });
-        let (hosts, eligible) = picked.unwrap_or_default();
-        let pending = Pending {
-            visitor: request.visitor,
-            msg_ref: request.msg_ref,
-            relay: request.relay,
-        };
-        let mut out = Deliveries::new();
-        if eligible == 0 {
-            self.no_hosts(hash, &pending, &mut out);
-        } else {
-            let ask = HostRequest {
-                from: visitor,
-                relay: pending.relay,
-            };
-            for host in &hosts {
-                let text = push(host, Topic::have(hash), event::CONTENT_REQUEST, &ask);
-                out.push((host.conn.clone(), text));
-            }
-            self.metrics
-                .requests_routed
-                .fetch_add(hosts.len() as u64, Ordering::Relaxed);
-            let reply = reply_frame(hash, &pending).reply_ok(&json!({ "routed": hosts.len() }));
-            out.push((pending.visitor.conn.clone(), reply.encode().into()));
-        }
-        self.deliver(out);
-    }
-
     /// Routes a visitor's request (uniform selection) to one host of
     /// `hash` with a free upload slot, or queues it when every host it may
     /// use is busy. A visitor's new request ends its previous one. The
@@ -355,10 +335,11 @@ impl Registry {
     pub fn request(&self, hash: PageHash, request: Request) {
         let mut out = Deliveries::new();
         let mut unrouted = Some(routing::Request {
-            visitor: request.visitor.conn.peer,
+            visitor: request.visitor,
             exclude: request.exclude,
             token: Pending {
                 visitor: request.visitor,
+                target: request.target,
                 msg_ref: request.msg_ref,
                 relay: request.relay,
             },
@@ -374,7 +355,7 @@ impl Registry {
         // The visitor joined `want:` first, so a missing page means no host
         // and no visitor is left: it raced its own leave.
         if let Some(request) = unrouted {
-            self.no_hosts(hash, &request.token, &mut out);
+            self.no_hosts(hash, request.token, &mut out);
         }
         self.deliver(out);
     }
@@ -394,41 +375,49 @@ impl Registry {
                     host,
                     token,
                 } => {
-                    let Some(host_member) = page.hosts.get(&host) else {
+                    let Some(host_target) = page.hosts.get(&host) else {
                         continue;
                     };
-                    // The reply is queued first, so it reaches the visitor
-                    // before anything the host sends.
-                    let reply = reply_frame(hash, &token).reply_ok(&RequestRouted { host });
-                    out.push((token.visitor.conn.clone(), reply.encode().into()));
                     let ask = HostRequest {
                         from: visitor,
                         relay: token.relay,
                     };
-                    let text = push(host_member, Topic::have(hash), event::CONTENT_REQUEST, &ask);
-                    out.push((host_member.conn.clone(), text));
+                    // The reply is queued first, so it reaches the visitor
+                    // before anything the host sends. Across nodes too:
+                    // Redis delivers one publisher's messages in order, and
+                    // the host's answer can only follow the push.
+                    answer_visitor(hash, token, Some(host), out);
+                    ask_host(hash, host, host_target, ask, out);
                     self.metrics.requests_routed.fetch_add(1, Ordering::Relaxed);
                 }
                 Event::Queued { .. } => {
                     self.metrics.requests_queued.fetch_add(1, Ordering::Relaxed);
                 }
-                Event::NoHosts { token, .. } => self.no_hosts(hash, &token, out),
+                Event::NoHosts { token, .. } => self.no_hosts(hash, token, out),
                 Event::SlotExpired { .. } => self.metrics.reject(Reason::SlotTimeout),
             }
         }
     }
 
-    fn no_hosts(&self, hash: PageHash, pending: &Pending, out: &mut Deliveries) {
-        let reply = reply_frame(hash, pending).reply_error(Reason::NoHosts.as_str());
-        out.push((pending.visitor.conn.clone(), reply.encode().into()));
+    fn no_hosts(&self, hash: PageHash, pending: Pending, out: &mut Deliveries) {
+        answer_visitor(hash, pending, None, out);
         self.metrics
             .requests_no_host
             .fetch_add(1, Ordering::Relaxed);
     }
 
     fn deliver(&self, out: Deliveries) {
-        for (conn, text) in out {
-            conn.deliver(text, &self.metrics);
+        for delivery in out {
+            match delivery {
+                Delivery::Local(conn, text) => {
+                    conn.deliver(text, &self.metrics);
+                }
+                Delivery::Remote(node, message) => {
+                    if let Some(outbox) = &self.outbox {
+                        outbox.send(node, message);
+                    }
+                }
+            }
         }
     }
 
@@ -506,28 +495,26 @@ impl Registry {
             let decision = page.routing.broadcast(now, interval);
             let members = match decision {
                 Broadcast::Send(_) => page.connections(),
-                Broadcast::Unchanged | Broadcast::NotYet => Vec::new(),
+                Broadcast::Unchanged | Broadcast::NotYet => Default::default(),
             };
             (decision, members)
         });
-        let (counts, members) = match due {
+        let (counts, (members, nodes)) = match due {
             None | Some((Broadcast::Unchanged, _)) => return true,
             Some((Broadcast::NotYet, _)) => return false,
             Some((Broadcast::Send(counts), members)) => (counts, members),
         };
-        let encode = |topic: Topic| -> Utf8Bytes {
-            Frame::with_payload(
-                None,
-                None,
-                topic.to_string(),
-                event::VISITORS_COUNT,
-                &counts,
-            )
-            .encode()
-            .into()
-        };
-        let have = encode(Topic::have(hash));
-        let want = encode(Topic::want(hash));
+        if let Some(outbox) = &self.outbox {
+            for node in nodes {
+                let pages = vec![PageCounts {
+                    page: hash,
+                    counts: Counts::from(counts),
+                }];
+                outbox.send(node, Message::Counts { pages });
+            }
+        }
+        let have = counts_frame(Topic::have(hash), &counts);
+        let want = counts_frame(Topic::want(hash), &counts);
         self.metrics
             .count_broadcasts
             .fetch_add(2, Ordering::Relaxed);

@@ -120,6 +120,21 @@ impl StunTurn {
     /// The STUN and TURN servers a session is handed, at `host` (as the
     /// client reached us), with credentials of its own.
     pub fn ice_servers_for(&self, host: &str, peer: PeerId) -> Vec<IceServer> {
+        self.ice_servers_until(host, peer, self.credential_expiry())
+    }
+
+    /// When TURN credentials minted now expire, in Unix seconds.
+    pub fn credential_expiry(&self) -> u64 {
+        let expiry = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            + self.config.credential_ttl;
+        expiry.as_secs()
+    }
+
+    /// [`StunTurn::ice_servers_for`] with credentials that expire at
+    /// `expiry` (Unix seconds): the same list each time for one session.
+    pub fn ice_servers_until(&self, host: &str, peer: PeerId, expiry: u64) -> Vec<IceServer> {
         let port = self.local_addr.port();
         let mut servers = vec![IceServer {
             urls: vec![format!("stun:{host}:{port}")],
@@ -127,11 +142,7 @@ impl StunTurn {
             credential: None,
         }];
         if self.config.turn {
-            let expiry = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                + self.config.credential_ttl;
-            let username = format!("{}:{peer}", expiry.as_secs());
+            let username = format!("{expiry}:{peer}");
             let credential = password(&self.config.secret, &username);
             servers.push(IceServer {
                 urls: vec![format!("turn:{host}:{port}?transport=udp")],

@@ -5,9 +5,12 @@
 //! - [`binaries`]: builds the server and the CLI for the tests that run
 //!   them.
 //! - [`chromium`]: ChromeDriver and headless Chromium sessions.
+//! - [`cluster`]: Redis, server nodes and a balancer on loopback
+//!   (`tests/cluster.rs`, and the cluster benchmarks).
 //! - [`natlab`]: network namespaces and NAT routers standing in for the
 //!   internet (`tests/natlab.rs`, and the NAT benchmark).
 
 pub mod binaries;
 pub mod chromium;
+pub mod cluster;
 pub mod natlab;

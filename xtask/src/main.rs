@@ -95,6 +95,7 @@ fn test(cargo_args: &[String]) -> Result<()> {
 
 /// Runs the benchmark suite (bench/); it writes target/bench/results.md.
 fn bench(bench_args: &[String]) -> Result<()> {
+    ensure_packages(&[REDIS])?;
     step("running the benchmarks (release build)");
     let mut command = cargo();
     command
@@ -173,16 +174,27 @@ fn ensure_wasm_target() -> Result<()> {
     Ok(())
 }
 
-/// Chromium and ChromeDriver for the browser tests, from the system's
-/// packages.
+/// The system packages the test suites run: Chromium and ChromeDriver,
+/// the NAT lab's tools, Redis.
 fn ensure_browser() -> Result<()> {
-    // Chromium for the browser tests; ip and iptables for the NAT lab.
-    let wanted = [
+    // Chromium for the browser tests; ip and iptables for the NAT lab;
+    // Redis for the cluster's tests.
+    ensure_packages(&[
         ("/usr/bin/chromium", "chromium"),
         ("/usr/bin/chromedriver", "chromium-driver"),
         ("/usr/sbin/ip", "iproute2"),
         ("/usr/sbin/iptables", "iptables"),
-    ];
+        REDIS,
+    ])
+}
+
+/// Debian's Redis, run by the cluster's tests and benchmarks themselves on
+/// a port of their own: no Redis service is assumed or started.
+const REDIS: (&str, &str) = ("/usr/bin/redis-server", "redis-server");
+
+/// Installs with apt-get the packages (program, package) whose program is
+/// missing.
+fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(path, _)| !Path::new(path).exists())
