@@ -180,6 +180,10 @@ async fn bench(quick: bool, only: &[Bench]) -> Result<()> {
             "1. Time to content",
             ttc::run(&ttc::Samples::new(quick)).await,
         );
+        record(
+            "1. Time to content",
+            browser::time_to_content(quick, &workspace).await,
+        );
     }
     if wanted(Bench::Memory) {
         let sizes: &[usize] = if quick { &[10_000] } else { &[10_000, 50_000] };

@@ -144,6 +144,9 @@ pub struct Page<T> {
     /// Ordered so selection indexes uniformly at random; removal swaps the
     /// last host into the gap, as member order carries no meaning.
     hosts: Vec<Host>,
+    /// Host → its place in `hosts`, only while there are more than
+    /// [`INDEXED_FROM`] hosts: most pages have one or two, and a map for
+    /// them costs more memory than a scan costs time.
     host_index: HashMap<PeerId, usize>,
     wanters: HashSet<PeerId>,
     /// Visitor → its slot. A visitor holds at most one slot per page: a
@@ -164,6 +167,9 @@ pub struct Page<T> {
     last_broadcast: Option<VisitorsCount>,
     next_broadcast: Option<Duration>,
 }
+
+/// Pages with more hosts than this find a host through `host_index`.
+const INDEXED_FROM: usize = 8;
 
 /// Uniformly at random among the hosts with the fewest recent requests.
 fn least_loaded(candidates: &[(PeerId, usize)], random: &mut dyn FnMut() -> u64) -> Option<PeerId> {
@@ -202,6 +208,15 @@ impl<T> Page<T> {
         self.hosts.is_empty() && self.wanters.is_empty()
     }
 
+    /// Where `peer` is in `hosts`.
+    fn host_position(&self, peer: PeerId) -> Option<usize> {
+        if self.hosts.len() > INDEXED_FROM {
+            self.host_index.get(&peer).copied()
+        } else {
+            self.hosts.iter().position(|host| host.peer == peer)
+        }
+    }
+
     pub fn counts(&self) -> VisitorsCount {
         VisitorsCount {
             count: self.hosts.len(),
@@ -217,13 +232,30 @@ impl<T> Page<T> {
                 self.wanters.insert(peer);
             }
             Role::Have => {
-                if !self.host_index.contains_key(&peer) {
-                    self.host_index.insert(peer, self.hosts.len());
+                if self.host_position(peer).is_none() {
+                    if self.hosts.capacity() == 0 {
+                        // Room for one, not the four `push` would make:
+                        // most pages keep a single host.
+                        self.hosts.reserve_exact(1);
+                    }
+                    let i = self.hosts.len();
                     self.hosts.push(Host {
                         peer,
                         uploads: 0,
                         recent: VecDeque::new(),
                     });
+                    if self.hosts.len() > INDEXED_FROM {
+                        if self.host_index.is_empty() {
+                            self.host_index = self
+                                .hosts
+                                .iter()
+                                .enumerate()
+                                .map(|(i, host)| (host.peer, i))
+                                .collect();
+                        } else {
+                            self.host_index.insert(peer, i);
+                        }
+                    }
                 }
                 self.dispatch(inputs, &mut events);
             }
@@ -241,10 +273,18 @@ impl<T> Page<T> {
                 self.end_request_of(peer);
             }
             Role::Have => {
-                if let Some(i) = self.host_index.remove(&peer) {
+                if let Some(i) = self.host_position(peer) {
                     self.hosts.swap_remove(i);
-                    if let Some(moved) = self.hosts.get(i) {
-                        self.host_index.insert(moved.peer, i);
+                    if self.hosts.len() > INDEXED_FROM {
+                        self.host_index.remove(&peer);
+                        if let Some(moved) = self.hosts.get(i) {
+                            self.host_index.insert(moved.peer, i);
+                        }
+                    } else if self.host_index.capacity() > 0 {
+                        self.host_index = HashMap::new();
+                    }
+                    if self.hosts.is_empty() {
+                        self.hosts = Vec::new();
                     }
                 }
                 self.slots.retain(|_, slot| slot.host != peer);
@@ -465,7 +505,7 @@ impl<T> Page<T> {
     }
 
     fn host_mut(&mut self, peer: PeerId) -> Option<&mut Host> {
-        let i = *self.host_index.get(&peer)?;
+        let i = self.host_position(peer)?;
         self.hosts.get_mut(i)
     }
 

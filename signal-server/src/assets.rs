@@ -14,9 +14,14 @@ use rust_embed::RustEmbed;
 struct Static;
 
 /// No inline script, no foreign origin: a page's text can never run as
-/// code in our origin, even if a rendering bug let HTML through.
+/// code in our origin, even if a rendering bug let HTML through. Inline
+/// styles are allowed because a page rendered in its sandboxed frame
+/// (`srcdoc`, which inherits this policy on top of its own) brings its
+/// styles inline; the app itself writes none, and with images, fonts and
+/// connections held to our origin a style cannot send anything anywhere
+/// (docs/pages.md).
 const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
-    style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self' ws: wss:; \
     object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'";
 
 const NOT_BUILT: &str = "<!doctype html><meta charset=utf-8><title>Ephemeral</title>\
@@ -30,13 +35,22 @@ pub async fn index() -> Response {
     app_page()
 }
 
-/// `GET /<path>`: a page address gets the app, anything else a file.
+/// `GET /<path>`: a page address gets the app, anything else a file. A
+/// path that is neither, and could be a mistyped address (one segment, no
+/// file extension: `/foo`, a short or uppercase hash), gets the app with
+/// 404, which shows a page saying what an address looks like; other
+/// missing files get a plain 404.
 pub async fn file(Path(path): Path<String>) -> Response {
     if path.parse::<PageHash>().is_ok() {
         return app_page();
     }
     match Static::get(&path) {
         Some(file) => respond(&path, file.data.into_owned()),
+        None if !path.contains(['/', '.']) => {
+            let mut response = app_page();
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            response
+        }
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
     }
 }

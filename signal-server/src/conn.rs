@@ -170,12 +170,14 @@ pub async fn write_queue(
                         _ => sink.close().await,
                     }
                 };
-                let _ = timeout(close_wait, closing).await;
+                // Boxed, as the send below: inline, their timers would
+                // size the task every idle socket keeps.
+                let _ = Box::pin(timeout(close_wait, closing)).await;
                 return;
             }
             text = conn.next() => {
                 let len = text.len();
-                match timeout(write_timeout, sink.send(Message::Text(text))).await {
+                match Box::pin(timeout(write_timeout, sink.send(Message::Text(text)))).await {
                     Ok(Ok(())) => conn.written(len),
                     Ok(Err(_)) => return,
                     Err(_) => {

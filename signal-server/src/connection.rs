@@ -147,8 +147,25 @@ async fn serve_split(
             _ = &mut writer => break Ending::Gone,
         }
     };
+    drop(shutdown);
     // Off every topic first, so nobody routes to a socket that is closing.
     session.leave_all();
+    drop(session);
+    // The closing phase runs once per socket, boxed: inline, its timers
+    // would size the future every idle socket keeps.
+    Box::pin(finish(ending, close_tx, writer, stream)).await;
+    metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(%peer, "disconnected");
+    drop(hold);
+}
+
+/// Closes the socket as `ending` says, then stops its writer.
+async fn finish(
+    ending: Ending,
+    close_tx: oneshot::Sender<Option<CloseFrame>>,
+    mut writer: tokio::task::JoinHandle<()>,
+    mut stream: SplitStream<WebSocket>,
+) {
     match ending {
         Ending::Gone => writer.abort(),
         Ending::ClientClosed => {
@@ -176,9 +193,6 @@ async fn serve_split(
         }
     }
     writer.abort();
-    metrics.connections.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(%peer, "disconnected");
-    drop(hold);
 }
 
 /// What to close with after a read error (RFC 6455 codes).

@@ -510,10 +510,15 @@ async fn websocket(
             // Built here, not inside the block: the block then holds the
             // connection's future, not also the socket it started from.
             let serving = connection::serve(socket, state, hold, permit, ice_host);
-            async move {
+            // A task of its own rather than awaited in axum's upgrade task:
+            // that task would keep its upgrade state (a few hundred bytes)
+            // next to ours for the connection's whole life. `done` still
+            // says when the connection ends.
+            tokio::spawn(async move {
                 serving.await;
                 drop(done);
-            }
+            });
+            std::future::ready(())
         })
 }
 

@@ -3,7 +3,7 @@
 //! peer logic (the Phoenix session, fetching, hosting).
 //!
 //! ```text
-//!   DOM: Share, pagehide ──────┐
+//!   DOM: Share, links, Back ───┐
 //!   Socket: open/frame/close ──┤                  ┌─► Socket: connect, send, close
 //!   Peers: RtcEvent ───────────┼─► Client ────────┼─► Peers: open, signal, send page, close
 //!   Timer at next_deadline ────┘  (input, now)    └─► Ui: events, then render
@@ -14,28 +14,40 @@
 //! asks until it asks nothing, re-arms the timer and renders. No borrow of
 //! the core is held while carrying out, and the socket and the peer
 //! connections report only from later tasks, so nothing re-enters.
+//!
+//! Navigation stays in the tab (docs/pages.md): Share, Back/Forward and the
+//! logo change the route with the History API and never reload, so the
+//! pages this tab hosts keep being served; a reload hosts again what the
+//! tab kept ([`Store`]). Only leaving as the last host of a page asks first.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ephemeral_shared::FetchConfig;
-use ephemeral_shared::client::{Client, ClientConfig, ConnId, Output, RtcEvent};
+use ephemeral_shared::client::{Client, ClientConfig, ConnId, Event, Output, RtcEvent};
 use ephemeral_shared::session::Transmit;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::Window;
 
-use crate::Listener;
+use crate::Listeners;
+use crate::editor::Editor;
+use crate::page::{self, Format, Route};
+use crate::render::Renderer;
 use crate::rtc::{self, Peers};
 use crate::socket::{Socket, SocketEvent};
+use crate::store::{Kept, Store};
 use crate::timer::Timer;
-use crate::ui::{Route, Ui};
-use crate::view::View;
+use crate::ui::{Held, Ui};
+use crate::view::{Delivery, View};
 
-/// The largest page this client shares or accepts: the server's default
-/// limit, so a page refused here would be refused there too.
-const MAX_PAGE_BYTES: usize = 1 << 20;
+/// The largest page this client shares or accepts: 16 MiB, over WebRTC.
+/// Through the server's relay a page can be at most the server's own
+/// limit (its join replies say it); a host answers a relay request for a
+/// larger page with `content_unavailable`, and the visitor says so.
+const MAX_PAGE_BYTES: usize = 16 << 20;
 /// Most uploads over WebRTC at once, half a native peer's: every peer
 /// connection costs a tab ICE, DTLS and SCTP work on the same renderer
 /// that draws the page, in a tab the browser throttles once it is in the
@@ -86,11 +98,13 @@ pub struct App {
     window: Window,
     client: RefCell<Client>,
     ui: RefCell<Ui>,
+    editor: Rc<Editor>,
+    store: Rc<Store>,
     socket: Rc<Socket>,
     peers: Peers,
     timer: Timer,
     /// DOM callbacks, kept alive for the life of the tab.
-    listeners: RefCell<Vec<Listener>>,
+    listeners: Listeners,
 }
 
 impl App {
@@ -101,8 +115,15 @@ impl App {
             .document()
             .ok_or_else(|| JsValue::from_str("no document"))?;
         let view = View::find(&document)?;
+        let viewer = Renderer::new(&document, view.content.clone(), view.frame.clone());
+        let title_document = document.clone();
+        viewer.on_title(Rc::new(move |first| {
+            title_document.set_title(&page::tab_title(&first));
+        }));
+        let store = Rc::new(Store::new(&window));
+        let editor = Editor::find(&document, store.clone(), MAX_PAGE_BYTES)?;
         let settings = Settings::read(&window);
-        let (route, bad_address) = Route::parse(&window.location().pathname()?);
+        let route = current_route(&window);
         let url = crate::socket::server_url(&window)?;
         let client = Client::new(settings.client(), seed(), now(&window));
         let app = Rc::new_cyclic(|me: &Weak<App>| {
@@ -119,99 +140,265 @@ impl App {
             let app = me.clone();
             let timer = Timer::new(window.clone(), move || with(&app, |a| a.on_timer()));
             Self {
-                ui: RefCell::new(Ui::new(view, window.clone(), route)),
+                ui: RefCell::new(Ui::new(view, viewer, window.clone(), Route::Home)),
                 window,
                 client: RefCell::new(client),
+                editor,
+                store,
                 socket,
                 peers,
                 timer,
-                listeners: RefCell::new(Vec::new()),
+                listeners: Listeners::default(),
             }
         });
-        if let Some(error) = bad_address {
-            let ui = app.ui.borrow();
-            ui.view()
-                .set_home_error(&format!("That address is not a page: {error}"));
-        }
+        // A tab opened by "Edit a copy" starts from that page.
+        app.editor.load(app.store.take_copy());
+        app.host_kept();
         app.listen()?;
-        match route {
-            // The page is hosted once it arrives.
-            Route::Page(hash) => app.input(|client, now| {
-                if let Err(error) = client.fetch(hash, true, now) {
-                    warn(&error.to_string());
-                }
-            }),
-            Route::Home => app.carry_out(),
-        }
+        app.go(route);
         Ok(app)
     }
 
+    /// Hosts again every page this tab kept before a reload.
+    fn host_kept(&self) {
+        for (kept, text) in self.store.hosted() {
+            let page: Arc<[u8]> = Arc::from(text.into_bytes());
+            let hash = self.client.borrow_mut().share(page);
+            if hash != kept.hash {
+                // Not what was kept under that name: never serve it.
+                self.client.borrow_mut().unshare(hash);
+                continue;
+            }
+            self.ui.borrow_mut().hold(
+                hash,
+                Held {
+                    delivery: if kept.authored {
+                        Delivery::Author
+                    } else {
+                        Delivery::Kept
+                    },
+                    authored: kept.authored,
+                    kept: true,
+                    format: kept.format,
+                },
+            );
+        }
+    }
+
+    /// Shows `route`, fetching its page unless this tab has it or is
+    /// getting it already.
+    fn go(&self, route: Route) {
+        if let Some(hash) = route.hash() {
+            let mut client = self.client.borrow_mut();
+            let now = self.now();
+            let have = client.hosted_page(hash).is_some() || client.fetch_progress(hash).is_some();
+            if !have && let Err(error) = client.fetch(hash, true, now) {
+                warn(&error.to_string());
+            }
+        }
+        self.ui.borrow_mut().go(route);
+        self.carry_out();
+    }
+
+    /// Moves to `route` as a new history entry, in this tab.
+    fn navigate(&self, route: Route) {
+        if let Ok(history) = self.window.history() {
+            let _ = history.push_state_with_url(&JsValue::NULL, "", Some(&route.url()));
+        }
+        self.go(route);
+    }
+
     fn listen(self: &Rc<Self>) -> Result<(), JsValue> {
-        let (share, editor, copy_link) = {
+        let (share, textarea) = (self.editor.share.clone(), self.editor.textarea.clone());
+        let (copy_link, link, view_source, edit_copy, brand, hosted) = {
             let ui = self.ui.borrow();
             let view = ui.view();
             (
-                view.share.clone(),
-                view.editor.clone(),
                 view.copy_link.clone(),
+                view.link.clone(),
+                view.view_source.clone(),
+                view.edit_copy.clone(),
+                view.brand.clone(),
+                view.home.clone(),
             )
         };
+        let window = self.window.clone();
         let app = Rc::downgrade(self);
-        self.on(share.as_ref(), "click", move |_| with(&app, |a| a.share()))?;
+        self.listeners
+            .on(share.as_ref(), "click", move |_| with(&app, |a| a.share()))?;
         // Ctrl+Enter (⌘+Enter) shares from the editor, as in most editors.
         let app = Rc::downgrade(self);
-        self.on(editor.as_ref(), "keydown", move |event| {
-            let Ok(key) = event.dyn_into::<web_sys::KeyboardEvent>() else {
-                return;
-            };
-            if key.key() == "Enter" && (key.ctrl_key() || key.meta_key()) {
-                key.prevent_default();
-                with(&app, |a| a.share());
+        self.listeners
+            .on(textarea.as_ref(), "keydown", move |event| {
+                let Ok(key) = event.dyn_into::<web_sys::KeyboardEvent>() else {
+                    return;
+                };
+                if key.key() == "Enter" && (key.ctrl_key() || key.meta_key()) {
+                    key.prevent_default();
+                    with(&app, |a| a.share());
+                }
+            })?;
+        let app = Rc::downgrade(self);
+        self.listeners.on(copy_link.as_ref(), "click", move |_| {
+            with(&app, |a| a.ui.borrow().copy_link())
+        })?;
+        // One click selects the whole link, ready to copy; the mouseup that
+        // follows a focusing click would otherwise put a caret in it.
+        let field = link.clone();
+        self.listeners
+            .on(link.as_ref(), "click", move |_| field.select())?;
+        self.listeners.on(link.as_ref(), "mouseup", move |event| {
+            if let Ok(event) = event.dyn_into::<web_sys::Event>() {
+                event.prevent_default();
             }
         })?;
         let app = Rc::downgrade(self);
-        self.on(copy_link.as_ref(), "click", move |_| {
-            with(&app, |a| a.ui.borrow().copy_link())
-        })?;
-        // Back/forward between `/` and a page: start over from the URL.
-        // Leaving a page's view ends hosting it, as closing the tab does.
-        let app = Rc::downgrade(self);
-        self.on(self.window.as_ref(), "popstate", move |_| {
+        self.listeners.on(view_source.as_ref(), "click", move |_| {
             with(&app, |a| {
-                let _ = a.window.location().reload();
+                a.ui.borrow_mut().toggle_source();
+                a.carry_out();
             })
         })?;
+        let app = Rc::downgrade(self);
+        self.listeners.on(edit_copy.as_ref(), "click", move |_| {
+            with(&app, |a| a.edit_copy())
+        })?;
+        // The logo and the list of hosted pages move within the tab, so
+        // this tab keeps hosting; a click with a modifier opens a new tab
+        // as usual.
+        for target in [brand, hosted] {
+            let app = Rc::downgrade(self);
+            self.listeners.on(target.as_ref(), "click", move |event| {
+                with(&app, |a| a.on_link_click(event))
+            })?;
+        }
+        // Back/Forward: show the route the URL now names, in this tab.
+        let app = Rc::downgrade(self);
+        self.listeners.on(window.as_ref(), "popstate", move |_| {
+            with(&app, |a| a.go(current_route(&a.window)))
+        })?;
+        // Closing or leaving the tab as the last host of a page ends it:
+        // the browser asks first (it shows its own words, and only after
+        // the person has used the tab).
+        let app = Rc::downgrade(self);
+        self.listeners
+            .on(window.as_ref(), "beforeunload", move |event| {
+                with(&app, |a| {
+                    let last = a.ui.borrow().is_last_host(&a.client.borrow());
+                    if last && let Ok(event) = event.dyn_into::<web_sys::Event>() {
+                        // Either asks, depending on the browser; both are set.
+                        event.prevent_default();
+                        let _ = js_sys::Reflect::set(&event, &"returnValue".into(), &"".into());
+                    }
+                })
+            })?;
         // Closing the tab ends hosting now, not when the server notices.
         let app = Rc::downgrade(self);
-        self.on(self.window.as_ref(), "pagehide", move |_| {
-            with(&app, |a| a.shut_down())
+        self.listeners.on(window.as_ref(), "pagehide", move |_| {
+            with(&app, |a| {
+                a.editor.save_draft();
+                a.shut_down();
+            })
         })?;
-        Ok(())
-    }
-
-    fn on(
-        &self,
-        target: &web_sys::EventTarget,
-        name: &str,
-        f: impl FnMut(JsValue) + 'static,
-    ) -> Result<(), JsValue> {
-        let callback = Closure::<dyn FnMut(JsValue)>::new(f);
-        target.add_event_listener_with_callback(name, callback.as_ref().unchecked_ref())?;
-        self.listeners.borrow_mut().push(callback);
+        // Back to a tab the browser kept frozen: it was shut down on the
+        // way out, so start it afresh (hosting what it kept).
+        let app = Rc::downgrade(self);
+        self.listeners
+            .on(window.as_ref(), "pageshow", move |event| {
+                let persisted = event
+                    .dyn_into::<web_sys::PageTransitionEvent>()
+                    .is_ok_and(|e| e.persisted());
+                if persisted {
+                    with(&app, |a| {
+                        let _ = a.window.location().reload();
+                    })
+                }
+            })?;
+        let app = Rc::downgrade(self);
+        self.listeners.on(window.as_ref(), "resize", move |_| {
+            with(&app, |a| {
+                a.ui.borrow().fit();
+                a.editor.fit();
+            })
+        })?;
         Ok(())
     }
 
     // ---- inputs ----
 
-    /// Share: move to the page's address, show it, and host it.
+    /// Share: host the page, move to its address, and put the focus on its
+    /// link, ready to copy.
     fn share(&self) {
-        let Some(page) = self.ui.borrow().draft(MAX_PAGE_BYTES) else {
+        let Some(text) = self.editor.page() else {
             return;
         };
-        self.ui.borrow_mut().authored(page.clone());
-        self.input(|client, _| {
-            client.share(page);
-        });
+        let format = self.editor.format();
+        let page: Arc<[u8]> = Arc::from(text.into_bytes());
+        let hash = self.client.borrow_mut().share(page.clone());
+        let kept = self.store.keep(
+            Kept {
+                hash,
+                format,
+                authored: true,
+            },
+            &page,
+        );
+        self.ui.borrow_mut().hold(
+            hash,
+            Held {
+                delivery: Delivery::Author,
+                authored: true,
+                kept,
+                format,
+            },
+        );
+        self.navigate(Route::Page(hash, format));
+        let ui = self.ui.borrow();
+        let link = &ui.view().link;
+        let _ = link.focus();
+        link.select();
+    }
+
+    /// A click on a link of ours: follow it within the tab.
+    fn on_link_click(&self, event: JsValue) {
+        let Ok(event) = event.dyn_into::<web_sys::MouseEvent>() else {
+            return;
+        };
+        if event.button() != 0
+            || event.ctrl_key()
+            || event.meta_key()
+            || event.shift_key()
+            || event.alt_key()
+        {
+            return;
+        }
+        let link = event
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
+            .and_then(|e| e.closest("a[href]").ok().flatten());
+        let Some(href) = link.and_then(|a| a.get_attribute("href")) else {
+            return;
+        };
+        if !href.starts_with('/') {
+            return;
+        }
+        event.prevent_default();
+        let (path, fragment) = href.split_once('#').unwrap_or((&href, ""));
+        self.navigate(Route::parse(path, fragment));
+    }
+
+    /// "Edit a copy": a new tab whose editor starts with this page, so
+    /// this tab keeps hosting. The page goes over through the session
+    /// storage the new tab starts with a copy of.
+    fn edit_copy(&self) {
+        let Route::Page(hash, format) = self.ui.borrow().route().clone() else {
+            return;
+        };
+        if !self.store.mark_copy(hash, format) {
+            warn("this page is too large to copy into a new tab");
+        }
+        let _ = self.window.open_with_url_and_target("/", "_blank");
+        self.store.unmark_copy();
     }
 
     fn on_socket(&self, event: SocketEvent) {
@@ -247,6 +434,27 @@ impl App {
         self.carry_out();
     }
 
+    /// A page fetched and hosted now: keep it for a reload.
+    fn keep_fetched(&self, hash: ephemeral_shared::PageHash) {
+        let Some(page) = self.client.borrow().hosted_page(hash) else {
+            return;
+        };
+        let format = self
+            .ui
+            .borrow()
+            .held(hash)
+            .map_or(Format::Text, |h| h.format);
+        let kept = self.store.keep(
+            Kept {
+                hash,
+                format,
+                authored: false,
+            },
+            &page,
+        );
+        self.ui.borrow_mut().set_kept(hash, kept);
+    }
+
     // ---- outputs ----
 
     /// Does everything the core asks, until it asks nothing more; then
@@ -276,6 +484,11 @@ impl App {
                 Output::SignalRtc { conn, body } => self.peers.signal(conn, body),
                 Output::SendPage { conn, page } => self.peers.send_page(conn, &page),
                 Output::CloseRtc { conn } => self.peers.close(conn),
+                Output::Event(Event::Delivered(delivered)) => {
+                    let hash = delivered.hash;
+                    self.ui.borrow_mut().on_event(Event::Delivered(delivered));
+                    self.keep_fetched(hash);
+                }
                 Output::Event(event) => self.ui.borrow_mut().on_event(event),
             }
         }
@@ -284,12 +497,21 @@ impl App {
         // After a shutdown nothing is ever due.
         let deadline = (deadline != Duration::MAX).then_some(deadline);
         self.timer.arm(deadline, self.now());
-        self.ui.borrow().render(&client);
+        self.ui.borrow_mut().render(&client);
     }
 
     fn now(&self) -> Duration {
         now(&self.window)
     }
+}
+
+/// The route the address bar names now.
+fn current_route(window: &Window) -> Route {
+    let location = window.location();
+    Route::parse(
+        &location.pathname().unwrap_or_default(),
+        &location.hash().unwrap_or_default(),
+    )
 }
 
 /// The core's clock: `performance.now()`, from the page's load.

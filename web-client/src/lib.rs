@@ -21,22 +21,63 @@
 //! - [`ui`]: what the tab shows, from the core's events.
 //! - [`status`]: the words of the status line, pure and unit-tested.
 //! - [`view`]: the DOM, written only as text.
+//! - [`page`]: formats, routes, titles, links and the frame's document,
+//!   pure and unit-tested (docs/pages.md).
+//! - [`render`]: a page on screen: Text with clickable links, Markdown and
+//!   HTML in a sandboxed frame, or its source.
+//! - [`editor`]: the editor: format, Write / Preview, size, images, draft.
+//! - [`store`]: what the tab keeps across reloads: hosted pages, the draft.
 //!
 //! [`Client`]: ephemeral_shared::client::Client
 
 pub mod app;
+pub mod editor;
+pub mod page;
+pub mod render;
 pub mod rtc;
 pub mod socket;
 pub mod status;
+pub mod store;
 pub mod timer;
 pub mod ui;
 pub mod view;
 
+use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
 /// A JS event callback owned by Rust: the listener works exactly as long as
 /// this value lives.
 pub type Listener = Closure<dyn FnMut(JsValue)>;
+
+/// Calls `f` on every `name` event of `target`, for as long as the
+/// returned [`Listener`] is kept.
+pub fn listen(
+    target: &web_sys::EventTarget,
+    name: &str,
+    f: impl FnMut(JsValue) + 'static,
+) -> Result<Listener, JsValue> {
+    let callback = Closure::<dyn FnMut(JsValue)>::new(f);
+    target.add_event_listener_with_callback(name, callback.as_ref().unchecked_ref())?;
+    Ok(callback)
+}
+
+/// Listeners kept for as long as their owner lives (the app, the editor:
+/// the life of the tab).
+#[derive(Default)]
+pub struct Listeners(std::cell::RefCell<Vec<Listener>>);
+
+impl Listeners {
+    /// Calls `f` on every `name` event of `target` from now on.
+    pub fn on(
+        &self,
+        target: &web_sys::EventTarget,
+        name: &str,
+        f: impl FnMut(JsValue) + 'static,
+    ) -> Result<(), JsValue> {
+        self.0.borrow_mut().push(listen(target, name, f)?);
+        Ok(())
+    }
+}
 
 /// Runs when the module is instantiated.
 #[wasm_bindgen(start)]

@@ -45,7 +45,7 @@ pub struct Socket {
 struct Current {
     ws: WebSocket,
     opened: bool,
-    _callbacks: Vec<Listener>,
+    callbacks: Vec<(&'static str, Listener)>,
 }
 
 impl Socket {
@@ -66,10 +66,10 @@ impl Socket {
         self.close();
         let generation = self.generation.get();
         let ws = WebSocket::new(&self.url)?;
-        let listen = |name: &str, f: Box<dyn FnMut(JsValue)>| {
+        let listen = |name: &'static str, f: Box<dyn FnMut(JsValue)>| {
             let callback = Closure::wrap(f);
             let _ = ws.add_event_listener_with_callback(name, callback.as_ref().unchecked_ref());
-            callback
+            (name, callback)
         };
         let socket = Rc::downgrade(self);
         let on_open = listen(
@@ -97,7 +97,7 @@ impl Socket {
         *self.current.borrow_mut() = Some(Current {
             ws,
             opened: false,
-            _callbacks: vec![on_open, on_message, on_close],
+            callbacks: vec![on_open, on_message, on_close],
         });
         Ok(())
     }
@@ -113,11 +113,16 @@ impl Socket {
     /// Closes the `WebSocket`; no event of it is reported any more.
     pub fn close(&self) {
         self.generation.set(self.generation.get().wrapping_add(1));
-        // Taken out first: dropping its callbacks while one runs is safe
-        // only because `close` events come later, as tasks, never inside
-        // this call.
         let current = self.current.borrow_mut().take();
         if let Some(current) = current {
+            // Unhooked first: the abandoned socket's `close` event comes
+            // later, as a task, and would otherwise call a freed closure
+            // ("closure invoked recursively or after being dropped").
+            for (name, callback) in &current.callbacks {
+                let _ = current
+                    .ws
+                    .remove_event_listener_with_callback(name, callback.as_ref().unchecked_ref());
+            }
             let _ = current.ws.close();
             // Freed after the current event, which may be one of theirs.
             wasm_bindgen_futures::spawn_local(async move { drop(current) });

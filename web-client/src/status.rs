@@ -49,13 +49,26 @@ pub struct Situation<'a> {
     /// The tab holds the verified page.
     pub hosting: bool,
     pub delivery: Option<Delivery>,
+    /// This tab wrote the page.
+    pub authored: bool,
+    /// The page is kept in the tab's storage, so it survives a reload.
+    pub kept: bool,
+    /// Hosts of the page, as the server last said.
+    pub count: Option<usize>,
     /// The server accepted the tab's join of its current topic.
     pub joined: bool,
     /// The fetch's phase, while getting the page.
     pub phase: Option<Phase>,
-    /// Bytes received and total, while receiving over WebRTC.
-    pub progress: Option<(usize, usize)>,
+    /// The fetch has asked before: a host failed it, or WebRTC did.
+    pub retried: bool,
 }
+
+/// The last-host warning, in the status line and said aloud.
+pub const LAST_HOST: &str = "You are the last host: the page lives while this tab stays open.";
+
+/// Said on the gone page and in the status line: what we know, and no more
+/// (nobody hosts it now; whether anyone ever did, the server cannot know).
+pub const NOBODY_HOSTING: &str = "Nobody is hosting this page right now.";
 
 /// The page state and the status line for `situation`.
 pub fn describe(situation: &Situation) -> (PageState, String) {
@@ -63,7 +76,7 @@ pub fn describe(situation: &Situation) -> (PageState, String) {
     if situation.home {
         let words = match situation.connection {
             Connection::Reconnecting => "Reconnecting to the server…",
-            _ => "Write a page and press Share. Its address is the SHA-256 of its text.",
+            _ => "Write a page and press Share. Its address is the SHA-256 of its bytes.",
         };
         return (PageState::Home, words.to_string());
     }
@@ -71,43 +84,53 @@ pub fn describe(situation: &Situation) -> (PageState, String) {
         return (PageState::Failed, failure.to_string());
     }
     if situation.hosting {
-        let got = match situation.delivery {
-            Some(Delivery::WebRtc(Some(Path::Turn))) => {
-                "Verified ✓ Fetched from a peer over WebRTC, through TURN. "
-            }
-            Some(Delivery::WebRtc(_)) => "Verified ✓ Fetched from a peer over WebRTC. ",
-            Some(Delivery::Relay) => "Verified ✓ Fetched via relay. ",
-            _ => "",
-        };
-        let doing = match offline {
-            Some(offline) => offline,
-            None if situation.joined => "Hosting: this tab serves the page while it stays open.",
-            None => "Joining as a host…",
-        };
-        return (PageState::Hosting, format!("{got}{doing}"));
+        return (PageState::Hosting, hosting_words(situation, offline));
     }
     if situation.phase == Some(Phase::Gone) {
         // Said even while offline: nobody had it when last asked.
-        return (
-            PageState::Gone,
-            "This page is gone: nobody hosts it anymore.".to_string(),
-        );
+        return (PageState::Gone, NOBODY_HOSTING.to_string());
     }
     let doing = match (offline, situation.phase) {
-        (Some(offline), _) => offline.to_string(),
-        (None, None) => "Connecting to the server…".to_string(),
-        (None, Some(Phase::Asking)) => "Looking for a host…".to_string(),
-        (None, Some(Phase::Connecting(_))) => "Connecting to a peer…".to_string(),
-        (None, Some(Phase::Receiving(_))) => match situation.progress {
-            Some((got, total)) if total > 0 => {
-                format!("Fetching from a peer… {}%", got.saturating_mul(100) / total)
-            }
-            _ => "Fetching from a peer…".to_string(),
-        },
-        (None, Some(Phase::Relaying(_))) => "Fetching via relay…".to_string(),
-        (None, Some(Phase::Delivered(_) | Phase::Failed | Phase::Gone)) => "Verifying…".to_string(),
+        (Some(offline), _) => offline,
+        (None, None) => "Connecting to the server…",
+        (None, Some(Phase::Asking)) if situation.retried => {
+            "Trying again: asking for another way to get the page…"
+        }
+        (None, Some(Phase::Asking)) => "Looking for a host…",
+        (None, Some(Phase::Connecting(_))) => "Connecting to a host, peer to peer…",
+        (None, Some(Phase::Receiving(_))) => "Receiving the page, peer to peer…",
+        (None, Some(Phase::Relaying(_))) => "Receiving the page through the server (relay)…",
+        (None, Some(Phase::Delivered(_) | Phase::Failed | Phase::Gone)) => "Verifying…",
     };
-    (PageState::Fetching, doing)
+    (PageState::Fetching, doing.to_string())
+}
+
+fn hosting_words(situation: &Situation, offline: Option<&str>) -> String {
+    let got = match situation.delivery {
+        Some(Delivery::WebRtc(Some(Path::Turn))) => {
+            "Verified ✓ Fetched from a peer over WebRTC, through TURN. "
+        }
+        Some(Delivery::WebRtc(_)) => "Verified ✓ Fetched from a peer over WebRTC. ",
+        Some(Delivery::Relay) => "Verified ✓ Fetched via relay. ",
+        _ => "",
+    };
+    let doing = match (offline, situation.joined, situation.count) {
+        (Some(offline), _, _) => offline.to_string(),
+        (None, false, _) => "Joining as a host…".to_string(),
+        (None, true, Some(1)) if situation.authored => {
+            "You are the only host: the page lives while this tab stays open. Share the link: \
+             every visitor hosts it too."
+                .to_string()
+        }
+        (None, true, Some(1)) => LAST_HOST.to_string(),
+        (None, true, _) => "Hosting: this tab serves the page while it stays open.".to_string(),
+    };
+    let fragile = if situation.kept {
+        ""
+    } else {
+        " It is too large to be kept across a reload of this tab."
+    };
+    format!("{got}{doing}{fragile}")
 }
 
 /// The status line for a fetch that failed. A page too large is said in
@@ -165,9 +188,12 @@ mod tests {
             failure: None,
             hosting: false,
             delivery: None,
+            authored: false,
+            kept: true,
+            count: Some(2),
             joined: true,
             phase: Some(phase),
-            progress: None,
+            retried: false,
         }
     }
 
@@ -175,6 +201,7 @@ mod tests {
         Situation {
             hosting: true,
             delivery: Some(delivery),
+            authored: delivery == Delivery::Author,
             phase: None,
             ..fetching(Phase::Asking)
         }
@@ -200,6 +227,31 @@ mod tests {
     }
 
     #[test]
+    fn the_last_host_is_told_so() {
+        let alone = Situation {
+            count: Some(1),
+            ..hosting(Delivery::WebRtc(None))
+        };
+        let (_, words) = describe(&alone);
+        assert!(words.ends_with(LAST_HOST), "{words}");
+        let author = Situation {
+            count: Some(1),
+            ..hosting(Delivery::Author)
+        };
+        let (_, words) = describe(&author);
+        assert!(words.starts_with("You are the only host"), "{words}");
+        let fragile = Situation {
+            kept: false,
+            ..author
+        };
+        assert!(
+            describe(&fragile)
+                .1
+                .contains("too large to be kept across a reload")
+        );
+    }
+
+    #[test]
     fn a_host_that_lost_the_server_says_it_is_reconnecting() {
         let situation = Situation {
             connection: Connection::Reconnecting,
@@ -215,8 +267,9 @@ mod tests {
         let host = PeerId::from_random(7);
         let cases = [
             (Phase::Asking, "Looking for a host"),
-            (Phase::Connecting(host), "Connecting to a peer"),
-            (Phase::Relaying(host), "via relay"),
+            (Phase::Connecting(host), "Connecting to a host"),
+            (Phase::Receiving(host), "Receiving the page, peer to peer"),
+            (Phase::Relaying(host), "through the server (relay)"),
             (Phase::Delivered(Transport::WebRtc), "Verifying"),
         ];
         for (phase, expected) in cases {
@@ -224,11 +277,11 @@ mod tests {
             assert_eq!(state, PageState::Fetching);
             assert!(words.contains(expected), "{phase:?}: {words}");
         }
-        let receiving = Situation {
-            progress: Some((512, 2048)),
-            ..fetching(Phase::Receiving(host))
+        let again = Situation {
+            retried: true,
+            ..fetching(Phase::Asking)
         };
-        assert_eq!(describe(&receiving).1, "Fetching from a peer… 25%");
+        assert!(describe(&again).1.starts_with("Trying again"));
     }
 
     #[test]
@@ -239,7 +292,7 @@ mod tests {
         };
         let (state, words) = describe(&situation);
         assert_eq!(state, PageState::Gone);
-        assert!(words.contains("gone"), "{words}");
+        assert_eq!(words, NOBODY_HOSTING);
     }
 
     #[test]

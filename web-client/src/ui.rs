@@ -1,75 +1,86 @@
 //! What this tab shows, and nothing the client core already knows.
 //!
-//! What this module owns: the route (`/` or `/<hash>`), the link as the
-//! visitor sees it, the host count, the page on screen and how it came,
-//! why it could not be had — all derived from the core's [`Event`]s — and
-//! rendering them through [`View`] with the words of [`crate::status`].
-//! Where a fetch stands and whether the server accepted this tab as a
-//! host are read from the [`Client`] itself when rendering.
+//! What this module owns: the route (`/`, `/<hash>#format`, or an address
+//! that is not a page's), how each page this tab hosts came and whether it
+//! is kept across reloads, host counts, why the current page could not be
+//! had — all derived from the core's [`Event`]s — and rendering them
+//! through [`View`] and [`Renderer`] with the words of [`crate::status`].
+//! Where a fetch stands, whether the server accepted this tab as a host,
+//! and the page's bytes are read from the [`Client`] itself.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use ephemeral_shared::client::{Client, Event, FetchError};
 use ephemeral_shared::fetch::Transport;
 use ephemeral_shared::session::Refusal;
-use ephemeral_shared::size::compared;
 use ephemeral_shared::{PageHash, Phase};
 use wasm_bindgen::JsValue;
+use wasm_bindgen::prelude::*;
 use web_sys::Window;
 
-use crate::status::{Connection, Situation, describe, failure_words, refusal_words};
-use crate::view::{Delivery, PageState, View};
+use crate::page::{self, Format, Route};
+use crate::render::Renderer;
+use crate::status::{Connection, LAST_HOST, Situation, describe, failure_words, refusal_words};
+use crate::view::{Delivery, PageState, Progress, View};
 
-/// What the URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Home,
-    Page(PageHash),
-}
+/// How long "Copied ✓" shows before the button reads "Copy link" again.
+const COPIED_MS: i32 = 2000;
 
-impl Route {
-    /// The route for `location.pathname`; an address that is not a page's
-    /// leads home, with the reason.
-    pub fn parse(path: &str) -> (Route, Option<String>) {
-        match path.trim_start_matches('/') {
-            "" => (Route::Home, None),
-            hash => match hash.parse::<PageHash>() {
-                Ok(hash) => (Route::Page(hash), None),
-                Err(error) => (Route::Home, Some(error.to_string())),
-            },
-        }
-    }
+/// What this tab knows of a page it hosts.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub delivery: Delivery,
+    pub authored: bool,
+    /// Kept in the tab's storage: it survives a reload.
+    pub kept: bool,
+    pub format: Format,
 }
 
 /// The tab's screen and what it shows.
 pub struct Ui {
     view: View,
+    viewer: Rc<Renderer>,
     window: Window,
     route: Route,
     connection: Connection,
-    /// Hosts of the page, live.
-    count: Option<usize>,
-    /// The page on screen; once set, this tab hosts it.
-    page: Option<Arc<[u8]>>,
-    delivery: Option<Delivery>,
-    /// The fetch ended with nobody hosting the page: final.
+    /// Hosts of each page this tab is on, live.
+    counts: HashMap<PageHash, usize>,
+    /// The pages this tab hosts.
+    held: HashMap<PageHash, Held>,
+    /// The page on screen, its format and whether as source: rendered
+    /// again only when one of them changes.
+    shown: Option<(PageHash, Format, bool)>,
+    /// The reader asked for the page's source.
+    source: bool,
+    /// The current page's fetch ended with nobody hosting it.
     gone: bool,
-    /// Why the page could not be had, as a sentence for the status line.
+    /// Why the current page could not be had.
     failure: Option<String>,
+    /// The current fetch left `Asking` once: asking again is a retry.
+    asked_once: bool,
+    retried: bool,
+    /// What was last said aloud, so it is said once.
+    announced: String,
 }
 
 impl Ui {
-    pub fn new(view: View, window: Window, route: Route) -> Self {
+    pub fn new(view: View, viewer: Rc<Renderer>, window: Window, route: Route) -> Self {
         Self {
             view,
+            viewer,
             window,
             route,
             connection: Connection::Connecting,
-            count: None,
-            page: None,
-            delivery: None,
+            counts: HashMap::new(),
+            held: HashMap::new(),
+            shown: None,
+            source: false,
             gone: false,
             failure: None,
+            asked_once: false,
+            retried: false,
+            announced: String::new(),
         }
     }
 
@@ -77,44 +88,68 @@ impl Ui {
         &self.view
     }
 
-    /// The editor's text as a page to share, or `None` having said why not.
-    pub fn draft(&self, max_bytes: usize) -> Option<Arc<[u8]>> {
-        let text = self.view.editor.value();
-        if text.trim().is_empty() {
-            self.view.set_home_error("Write something first.");
-            return None;
-        }
-        if text.len() > max_bytes {
-            let (size, max) = compared(text.len() as u64, max_bytes as u64);
-            self.view
-                .set_home_error(&format!("This page is {size}; pages can be up to {max}."));
-            return None;
-        }
-        Some(Arc::from(text.into_bytes()))
+    pub fn route(&self) -> &Route {
+        &self.route
     }
 
-    /// This tab wrote `page`: move to its address and show it.
-    pub fn authored(&mut self, page: Arc<[u8]>) {
-        let hash = PageHash::of(&page);
-        if let Ok(history) = self.window.history() {
-            let _ = history.push_state_with_url(&JsValue::NULL, "", Some(&format!("/{hash}")));
+    /// Shows another route, as after Back/Forward or a link in the app.
+    pub fn go(&mut self, route: Route) {
+        if self.route.hash() != route.hash() {
+            self.gone = false;
+            self.failure = None;
+            self.asked_once = false;
+            self.retried = false;
+            self.source = false;
         }
-        self.view.set_home_error("");
-        self.view.show_page(&String::from_utf8_lossy(&page));
-        self.route = Route::Page(hash);
-        self.page = Some(page);
-        self.delivery = Some(Delivery::Author);
+        self.route = route;
     }
 
-    /// Copies the page's link, or selects it where the clipboard is refused.
+    /// This tab hosts `hash` now: it wrote it, fetched it, or kept it.
+    pub fn hold(&mut self, hash: PageHash, held: Held) {
+        self.held.insert(hash, held);
+    }
+
+    pub fn held(&self, hash: PageHash) -> Option<Held> {
+        self.held.get(&hash).copied()
+    }
+
+    /// Whether leaving now would end a page: some page this tab hosts has
+    /// no other host.
+    pub fn is_last_host(&self, client: &Client) -> bool {
+        self.held
+            .keys()
+            .any(|hash| client.is_hosting(*hash) && self.counts.get(hash) == Some(&1))
+    }
+
+    /// Sizes the page's frame again, after the window's width changed.
+    pub fn fit(&self) {
+        self.viewer.fit();
+    }
+
+    pub fn toggle_source(&mut self) {
+        self.source = !self.source;
+    }
+
+    /// Copies the page's link, or selects it where the clipboard is
+    /// refused; "Copied ✓" goes back to "Copy link" after a moment.
     pub fn copy_link(&self) {
         let url = self.view.link.value();
         let promise = self.window.navigator().clipboard().write_text(&url);
         let button = self.view.copy_link.clone();
         let input = self.view.link.clone();
+        let window = self.window.clone();
         wasm_bindgen_futures::spawn_local(async move {
             match wasm_bindgen_futures::JsFuture::from(promise).await {
-                Ok(_) => button.set_text_content(Some("Copied ✓")),
+                Ok(_) => {
+                    button.set_text_content(Some("Copied ✓"));
+                    let reset = Closure::once_into_js(move || {
+                        button.set_text_content(Some("Copy link"));
+                    });
+                    let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(
+                        reset.unchecked_ref(),
+                        COPIED_MS,
+                    );
+                }
                 // No clipboard access (permissions, insecure origin): select
                 // the link so the visitor can copy it by hand.
                 Err(_) => input.select(),
@@ -134,19 +169,32 @@ impl Ui {
             Event::ShareRefused { hash, refusal } if self.is_ours(hash) => {
                 self.failure = Some(join_refused(&refusal));
             }
-            Event::Count { hash, count } if self.is_ours(hash) => self.count = Some(count.count),
+            Event::ShareRefused { .. } => {}
+            Event::Count { hash, count } => {
+                self.counts.insert(hash, count.count);
+            }
             // Rendering reads where the fetch stands from the client.
             Event::Progress(_) => {}
-            Event::Delivered(delivered) if self.is_ours(delivered.hash) => {
-                self.view
-                    .show_page(&String::from_utf8_lossy(&delivered.page));
-                self.page = Some(Arc::from(delivered.page));
-                self.delivery = Some(match delivered.transport {
+            Event::Delivered(delivered) => {
+                let format = match &self.route {
+                    Route::Page(hash, format) if *hash == delivered.hash => *format,
+                    _ => Format::Text,
+                };
+                let delivery = match delivered.transport {
                     Transport::Relay => Delivery::Relay,
                     // Unknown yet when a tiny page beat WebRTC's stats:
                     // `PathKnown` follows.
                     Transport::WebRtc => Delivery::WebRtc(delivered.path),
-                });
+                };
+                self.held.insert(
+                    delivered.hash,
+                    Held {
+                        delivery,
+                        authored: false,
+                        kept: false,
+                        format,
+                    },
+                );
             }
             Event::FetchEnded { hash, error } if self.is_ours(hash) => match error {
                 FetchError::Gone => self.gone = true,
@@ -155,9 +203,12 @@ impl Ui {
                 // The tab is going away.
                 FetchError::Stopped => {}
             },
-            Event::PathKnown { hash, path } if self.is_ours(hash) => {
-                if self.delivery == Some(Delivery::WebRtc(None)) {
-                    self.delivery = Some(Delivery::WebRtc(Some(path)));
+            Event::FetchEnded { .. } => {}
+            Event::PathKnown { hash, path } => {
+                if let Some(held) = self.held.get_mut(&hash)
+                    && held.delivery == Delivery::WebRtc(None)
+                {
+                    held.delivery = Delivery::WebRtc(Some(path));
                 }
             }
             Event::UploadEnded {
@@ -177,64 +228,185 @@ impl Ui {
                 "the server refused our {event} on {hash}: {refusal}"
             )),
             Event::Ignored { hash, what } => debug(&format!("{hash}: ignored {what}")),
-            // About a page this tab does not show.
-            Event::ShareRefused { .. }
-            | Event::Count { .. }
-            | Event::Delivered(_)
-            | Event::FetchEnded { .. }
-            | Event::PathKnown { .. } => {}
+        }
+    }
+
+    /// Marks a held page as kept (or not) in the tab's storage.
+    pub fn set_kept(&mut self, hash: PageHash, kept: bool) {
+        if let Some(held) = self.held.get_mut(&hash) {
+            held.kept = kept;
         }
     }
 
     fn is_ours(&self, hash: PageHash) -> bool {
-        self.route == Route::Page(hash)
+        self.route.hash() == Some(hash)
     }
 
     /// Shows where the tab stands.
-    pub fn render(&self, client: &Client) {
+    pub fn render(&mut self, client: &Client) {
         let view = &self.view;
         view.set_connection(self.connection.as_str());
-        let hash = match self.route {
-            Route::Home => None,
-            Route::Page(hash) => Some(hash),
+        let (hash, format) = match &self.route {
+            Route::Home => {
+                self.show_home(client);
+                return;
+            }
+            Route::BadAddress(path) => {
+                self.show_bad_address(path.clone());
+                return;
+            }
+            Route::Page(hash, format) => (*hash, *format),
         };
-        let fetch = hash.and_then(|hash| client.fetch_progress(hash));
+        let fetch = client.fetch_progress(hash);
         let phase = match fetch {
             Some((phase, _)) => Some(phase),
             None if self.gone => Some(Phase::Gone),
             None => None,
         };
-        let progress = fetch.and_then(|(_, progress)| progress);
+        if matches!(phase, Some(Phase::Connecting(_) | Phase::Relaying(_))) {
+            self.asked_once = true;
+        }
+        if phase == Some(Phase::Asking) && self.asked_once {
+            self.retried = true;
+        }
+        let page = client.hosted_page(hash);
+        let held = self.held.get(&hash).copied();
+        let count = self.counts.get(&hash).copied();
         let (page_state, words) = describe(&Situation {
-            home: self.route == Route::Home,
+            home: false,
             connection: self.connection,
             failure: self.failure.as_deref(),
-            hosting: self.page.is_some(),
-            delivery: self.delivery,
-            joined: hash.is_some_and(|hash| client.is_hosting(hash)),
+            hosting: page.is_some(),
+            delivery: held.map(|h| h.delivery),
+            authored: held.is_some_and(|h| h.authored),
+            kept: held.is_none_or(|h| h.kept),
+            count,
+            joined: client.is_hosting(hash),
             phase,
-            progress,
+            retried: self.retried,
         });
+        let view = &self.view;
         view.set_state(page_state);
+        view.set_format(format);
         view.set_status(&words);
-        if page_state == PageState::Home {
-            return;
+        self.announce(page_state, &words, count);
+        if let Ok(href) = self.window.location().href() {
+            self.view.set_link(&href);
         }
-        if let Ok(href) = self.window.location().href()
-            && view.link.value() != href
-        {
-            view.set_link(&href);
+        self.view.set_host_count(count);
+        self.view.set_delivery(held.map(|h| h.delivery));
+        self.view.set_progress(progress(fetch));
+        match page {
+            Some(page) if page_state != PageState::Gone => {
+                let source = self.source && format.is_rendered();
+                self.view.set_view_source(format.is_rendered(), source);
+                if self.shown != Some((hash, format, source)) {
+                    if self.shown.is_none() {
+                        // "Time to content" for the benchmark (bench/src/
+                        // browser.rs) and any profiler: a User Timing mark,
+                        // from the navigation's start.
+                        if let Some(performance) = self.window.performance() {
+                            let _ = performance.mark("ephemeral:page-shown");
+                        }
+                    }
+                    self.shown = Some((hash, format, source));
+                    let text = String::from_utf8_lossy(&page);
+                    if let Some(first) = self.viewer.show(&text, format, source) {
+                        self.view.set_title(&page::tab_title(&first));
+                    }
+                }
+            }
+            _ => {
+                self.view.set_view_source(false, false);
+                if self.shown.take().is_some() {
+                    self.viewer.clear();
+                }
+                self.view.set_title("Ephemeral");
+            }
         }
-        if let Some(count) = self.count {
-            view.set_host_count(count);
-        }
-        if let Some(delivery) = self.delivery {
-            view.set_delivery(delivery);
-        }
-        view.set_progress(match phase {
-            Some(Phase::Receiving(_)) => progress,
-            _ => None,
+    }
+
+    fn show_home(&mut self, client: &Client) {
+        let (state, words) = describe(&Situation {
+            home: true,
+            connection: self.connection,
+            failure: None,
+            hosting: false,
+            delivery: None,
+            authored: false,
+            kept: true,
+            count: None,
+            joined: false,
+            phase: None,
+            retried: false,
         });
+        self.view.set_state(state);
+        self.view.set_status(&words);
+        if self.shown.take().is_some() {
+            self.viewer.clear();
+        }
+        self.view.set_title("Ephemeral");
+        let mut hosted: Vec<(String, String)> = self
+            .held
+            .iter()
+            .filter_map(|(hash, held)| {
+                let page = client.hosted_page(*hash)?;
+                let text = String::from_utf8_lossy(&page[..page.len().min(4096)]).into_owned();
+                let title = match page::first_line(&text) {
+                    "" => hash.to_string(),
+                    line => line.chars().take(80).collect(),
+                };
+                Some((Route::Page(*hash, held.format).url(), title))
+            })
+            .collect();
+        hosted.sort();
+        self.view.set_hosted(&hosted);
+    }
+
+    fn show_bad_address(&mut self, path: String) {
+        self.view.set_state(PageState::BadAddress);
+        self.view
+            .set_status("That address is not a page's: see below for what one looks like.");
+        let meant = page::meant_address(&path).map(|hash| format!("/{hash}"));
+        self.view.set_bad_address(&path, meant.as_deref());
+        self.view.set_title("Not a page address · Ephemeral");
+    }
+
+    /// Says the status aloud only when the page's state changes, or when
+    /// this tab becomes the last host: never for every byte received.
+    fn announce(&mut self, state: PageState, words: &str, count: Option<usize>) {
+        let key = match state {
+            PageState::Hosting if count == Some(1) && words.ends_with(LAST_HOST) => LAST_HOST,
+            PageState::Hosting => "hosting",
+            PageState::Fetching => "fetching",
+            PageState::Gone => "gone",
+            PageState::Failed => "failed",
+            PageState::Home | PageState::BadAddress => "",
+        };
+        if key != self.announced {
+            self.announced = key.to_string();
+            if !key.is_empty() {
+                self.view.announce(words);
+            }
+        }
+    }
+}
+
+/// The progress bar for a fetch: bytes over WebRTC, waiting otherwise.
+fn progress(fetch: Option<(Phase, Option<(usize, usize)>)>) -> Progress {
+    match fetch {
+        None => Progress::Hidden,
+        Some((Phase::Receiving(_), Some((received, total)))) => Progress::Bytes {
+            received,
+            total,
+            relay: false,
+        },
+        Some((phase, _)) if phase.is_finished() => Progress::Hidden,
+        Some((Phase::Relaying(_), _)) => Progress::Waiting("through the server (relay)"),
+        Some((Phase::Connecting(_) | Phase::Receiving(_), _)) => {
+            Progress::Waiting("connecting peer to peer")
+        }
+        Some(_) => Progress::Waiting("looking for a host"),
     }
 }
 

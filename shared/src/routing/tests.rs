@@ -542,6 +542,36 @@ fn hosts_leaving_in_any_order_keep_the_rest_reachable() {
 }
 
 #[test]
+fn hosts_stay_reachable_as_a_page_crosses_its_index_threshold_both_ways() {
+    // Pages past a few hosts find them through a map, smaller ones by a
+    // scan: every host must stay reachable across the switch, either way.
+    let mut bench = Bench::new(limits(1000));
+    let hosts: Vec<u128> = (1..=20).collect();
+    bench.hosts(&hosts);
+    // Leave out of order, down through the threshold and back up past it.
+    for gone in [20, 1, 7, 13, 2, 19, 8, 14, 3, 18, 9, 15] {
+        bench.leave(Role::Have, peer(gone));
+    }
+    bench.hosts(&[30, 31, 32]);
+    bench.leave(Role::Have, peer(4));
+    let expected: HashSet<PeerId> = [5, 6, 10, 11, 12, 16, 17, 30, 31, 32]
+        .into_iter()
+        .map(peer)
+        .collect();
+    assert_eq!(bench.page.counts().count, expected.len());
+    let mut seen = HashSet::new();
+    for visitor in 100..2100 {
+        seen.insert(bench.served_by(peer(visitor)));
+        bench.leave(Role::Want, peer(visitor));
+    }
+    assert_eq!(seen, expected);
+    for host in expected {
+        bench.leave(Role::Have, host);
+    }
+    assert!(bench.page.is_empty());
+}
+
+#[test]
 fn a_timeout_always_moves_the_next_deadline_past_now() {
     // Otherwise the one timer would spin: whatever is due is acted on.
     let mut bench = Bench::new(Limits {

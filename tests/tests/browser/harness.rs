@@ -171,6 +171,13 @@ pub struct Snapshot {
     pub progress_shown: bool,
     pub path: String,
     pub pwned: Value,
+    /// `#app[data-format]`: text, markdown or html.
+    pub format: Option<String>,
+    /// Whether the sandboxed frame shows the page.
+    pub frame_visible: bool,
+    pub title: String,
+    /// What the live region last said.
+    pub announce: String,
 }
 
 const SNAPSHOT_JS: &str = r#"
@@ -186,7 +193,11 @@ return {
   transport_text: $("transport").textContent,
   content: $("content").textContent.slice(0, 4096),
   content_length: $("content").textContent.length,
-  progress_shown: !$("progress").hidden,
+  progress_shown: !$("progress-row").hidden,
+  format: app.dataset.format ?? null,
+  frame_visible: !$("frame").hidden,
+  title: document.title,
+  announce: $("announce").textContent,
   content_visible: !$("content").hidden,
   content_children: $("content").children.length,
   gone_visible: !$("gone").hidden,
@@ -239,29 +250,117 @@ impl Browser {
     /// On the home page, writes `text` and presses Share; returns once the
     /// page is hosted.
     pub async fn share(&self, text: &str) -> Snapshot {
+        self.share_as(text, "text").await
+    }
+
+    /// On the home page, picks `format` (text, markdown, html), writes
+    /// `text` and presses Share; returns once the page is hosted.
+    pub async fn share_as(&self, text: &str, format: &str) -> Snapshot {
         self.open("/").await;
         self.wait_for("the home page", |s| s.state.as_deref() == Some("home"))
             .await;
-        // Set through script: WebDriver typing cannot enter characters
-        // outside the BMP (emoji).
-        self.client
-            .execute(
-                "document.getElementById('editor').value = arguments[0];",
-                vec![json!(text)],
-            )
-            .await
-            .expect("the editor takes text");
-        self.client
-            .find(fantoccini::Locator::Id("share"))
-            .await
-            .expect("a Share button")
-            .click()
-            .await
-            .expect("Share clicks");
+        self.write(text, format).await;
+        self.click("share").await;
         self.wait_for("the shared page to be hosted", |s| {
             s.state.as_deref() == Some("hosting") && s.count.as_deref() == Some("1")
         })
         .await
+    }
+
+    /// Picks `format` and puts `text` in the editor, as typing would.
+    pub async fn write(&self, text: &str, format: &str) {
+        self.click(&format!("format-{format}")).await;
+        // Set through script: WebDriver typing cannot enter characters
+        // outside the BMP (emoji), and is slow for long pages.
+        self.client
+            .execute(
+                "const e = document.getElementById('editor'); e.value = arguments[0]; \
+                 e.dispatchEvent(new Event('input'));",
+                vec![json!(text)],
+            )
+            .await
+            .expect("the editor takes text");
+    }
+
+    /// Clicks the element with id `id`, as a person would.
+    pub async fn click(&self, id: &str) {
+        self.client
+            .find(fantoccini::Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("no #{id}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("#{id} does not click: {e}"));
+    }
+
+    /// Runs `script` with `arguments[0]` the page frame's document (or
+    /// `null`) and returns its value: the frame is same-origin with the
+    /// app, so its rendered DOM can be read from outside.
+    pub async fn in_frame(&self, frame: &str, script: &str) -> Value {
+        let wrapped = format!(
+            "const doc = document.getElementById({frame:?}).contentDocument; \
+             return ((doc) => {{ {script} }})(doc);"
+        );
+        self.client
+            .execute(&wrapped, vec![])
+            .await
+            .expect("the frame's document is readable")
+    }
+
+    /// Runs `script` in the page and returns its value.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{script}: {e}"))
+    }
+
+    /// Records uncaught errors and rejections of this document in
+    /// `window.__errors`, from now on.
+    pub async fn record_errors(&self) {
+        self.eval(
+            "window.__errors = []; \
+             addEventListener('error', (e) => window.__errors.push(String(e.message))); \
+             addEventListener('unhandledrejection', (e) => window.__errors.push(String(e.reason)));",
+        )
+        .await;
+    }
+
+    /// Opens the home page and records its errors from then on: a visitor
+    /// who then moves to a page within the tab ([`Browser::go_in_app`])
+    /// is watched through the whole fetch.
+    pub async fn record_errors_on_load(&self) {
+        self.open("/").await;
+        self.wait_for("the home page", |s| s.state.as_deref() == Some("home"))
+            .await;
+        self.record_errors().await;
+    }
+
+    /// Moves to `path` within the tab, as the app's own links do, so what
+    /// the page recorded so far stays.
+    pub async fn go_in_app(&self, path: &str) {
+        self.client
+            .execute(
+                "history.pushState(null, '', arguments[0]); \
+                 dispatchEvent(new PopStateEvent('popstate'));",
+                vec![json!(path)],
+            )
+            .await
+            .expect("the page navigates");
+    }
+
+    /// Whether leaving now would ask "leave page?": dispatches a
+    /// cancelable `beforeunload` to the app's own handler and reads
+    /// whether it cancelled. (ChromeDriver accepts a real prompt on its
+    /// own, so the alert commands never see it.)
+    pub async fn would_ask_before_leaving(&self) -> bool {
+        let asked = self
+            .eval(
+                "const e = new Event('beforeunload', { cancelable: true }); \
+                 dispatchEvent(e); return e.defaultPrevented;",
+            )
+            .await;
+        asked == Value::Bool(true)
     }
 
     /// Saves a screenshot under tests/artifacts/ for a person to look at.

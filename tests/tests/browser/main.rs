@@ -7,6 +7,11 @@
 //!   counts, relay fallback, "gone", safe rendering, Unicode addresses,
 //!   screenshots (tests/artifacts/).
 //! - [`interop`]: a browser and a native `ephemeral-peer` serving each other.
+//! - [`rich`]: Markdown and HTML in the sandboxed frame; a hostile page
+//!   runs, submits and loads nothing (a loopback listener proves it).
+//! - [`survive`]: reload, Back/Forward and the logo keep a page hosted; the
+//!   leave prompt for the last host only; "Edit a copy"; 16 MiB with
+//!   progress.
 //!
 //! How WebRTC is made impossible for the relay test: the visitor opens the
 //! page with `?ice=relay`, which makes its RTCPeerConnection gather relay
@@ -18,3 +23,5 @@
 mod harness;
 mod interop;
 mod pages;
+mod rich;
+mod survive;

@@ -20,6 +20,10 @@ async fn a_page_moves_between_browsers_over_webrtc_and_counts_its_hosts() {
     assert_eq!(shared.path, format!("/{hash}"));
     assert_eq!(shared.content, text);
     assert_eq!(shared.transport.as_deref(), Some("author"));
+    let focused = a
+        .eval("return document.activeElement && document.activeElement.id;")
+        .await;
+    assert_eq!(focused, "link", "Share puts the focus on the link");
     assert_copy_link_works(&a).await;
 
     let b = world.browser().await;
@@ -60,8 +64,21 @@ async fn a_page_moves_between_browsers_over_webrtc_and_counts_its_hosts() {
 }
 
 /// The copy-link button copies the page's URL, or, where the clipboard is
-/// refused, selects the link so it can be copied by hand.
+/// refused, selects the link so it can be copied by hand; "Copied ✓" then
+/// reads "Copy link" again. A click on the link field selects it all.
 async fn assert_copy_link_works(browser: &Browser) {
+    browser
+        .eval("getSelection().removeAllRanges(); document.body.focus();")
+        .await;
+    browser.click("link").await;
+    let selected = browser
+        .eval(
+            r#"const link = document.getElementById("link");
+               return link.selectionEnd - link.selectionStart === link.value.length
+                 && link.value.length > 0;"#,
+        )
+        .await;
+    assert_eq!(selected, true, "a click on the link selects all of it");
     browser
         .client
         .find(fantoccini::Locator::Id("copy-link"))
@@ -88,7 +105,15 @@ async fn assert_copy_link_works(browser: &Browser) {
             .expect("the page answers");
         let flag = |key: &str| outcome.get(key).and_then(|v| v.as_bool()) == Some(true);
         assert!(flag("url_shown"), "the link field shows the page URL");
-        if flag("copied") || flag("selected") {
+        if flag("copied") {
+            tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+            let text = browser
+                .eval("return document.getElementById('copy-link').textContent;")
+                .await;
+            assert_eq!(text, "Copy link", "the button resets after a moment");
+            return;
+        }
+        if flag("selected") {
             return;
         }
         assert!(
@@ -158,7 +183,10 @@ async fn the_last_host_leaving_makes_the_page_gone() {
         .await;
     assert!(seen.gone_visible, "the gone notice shows: {seen:#?}");
     b.screenshot("gone.png").await;
-    assert!(seen.status.contains("gone"), "{seen:#?}");
+    assert_eq!(
+        seen.status, "Nobody is hosting this page right now.",
+        "{seen:#?}"
+    );
     assert!(!seen.content_visible, "no stale content: {seen:#?}");
     let new_page = b
         .client
@@ -298,4 +326,64 @@ async fn a_large_page_streams_over_webrtc_with_progress() {
     a.close().await;
     b.close().await;
     world.finish().await;
+}
+
+#[tokio::test]
+async fn malformed_addresses_get_a_page_saying_what_an_address_looks_like() {
+    let mut world = World::start().await;
+    let b = world.browser().await;
+    let hash = PageHash::of(b"any page");
+    let upper = format!("/{}", hash.to_string().to_uppercase());
+    for path in ["/foo", "/abc123", upper.as_str()] {
+        // The server answers 404, with the app that explains it.
+        let (status, body) = http_get(&world.base, path).await;
+        assert!(status.contains(" 404 "), "{path}: {status}");
+        assert!(
+            body.contains("id=\"bad-address\""),
+            "{path}: the app's page"
+        );
+
+        b.open(path).await;
+        let seen = b
+            .wait_for("the malformed-address page", |s| {
+                s.state.as_deref() == Some("bad-address")
+            })
+            .await;
+        assert!(!seen.content_visible, "{seen:#?}");
+        let shown = b
+            .eval(
+                r#"return {
+                     visible: !document.getElementById("bad-address").hidden,
+                     path: document.getElementById("bad-path").textContent,
+                     meant: document.getElementById("meant").hidden
+                       ? null : document.getElementById("meant-link").getAttribute("href"),
+                   };"#,
+            )
+            .await;
+        assert_eq!(shown["visible"], true, "{path}");
+        assert_eq!(shown["path"], path);
+        if path == upper {
+            assert_eq!(shown["meant"], format!("/{hash}"), "the lowercase address");
+            b.screenshot("bad-address.png").await;
+        } else {
+            assert!(shown["meant"].is_null(), "{path}: {shown}");
+        }
+    }
+    b.close().await;
+    world.finish().await;
+}
+
+/// A raw HTTP GET: the status line and the body.
+async fn http_get(base: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the server accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("a request");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.expect("a response");
+    let status = response.lines().next().unwrap_or_default().to_string();
+    (status, response)
 }
