@@ -26,7 +26,6 @@ use ephemeral_peer::{FetchOptions, Peer, Transport};
 use ephemeral_phoenix_client::{Client, websocket_url};
 use ephemeral_shared::{PageHash, Topic};
 use ephemeral_tests::cluster::Redis;
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -42,7 +41,6 @@ const SPARE_FDS: u64 = 100;
 /// Connections each node gets before its first reading (see memory.rs).
 const WARM_UP: usize = 200;
 /// Handshakes in flight at once per generator.
-const CONNECTING_AT_ONCE: usize = 128;
 /// How long a generator may take to open its connections.
 const OPEN_WAIT: Duration = Duration::from_secs(300);
 /// The budget per idle connection (issue 11).
@@ -137,31 +135,11 @@ async fn wait_for_cluster(nodes: &[ChildServer], n: usize) -> Result<()> {
     }
 }
 
-/// Opens `count` idle hosts on `url`, numbered from `first`, each joined to
-/// the `have:` topic of a page of its own.
-pub async fn open_idle(url: &str, first: usize, count: usize) -> Result<Vec<Client>> {
-    futures_util::stream::iter(first..first + count)
-        .map(|i| async move {
-            let mut client = Client::connect_from(url, load::source_ip(i)).await?;
-            let hash = PageHash::of(format!("idle cluster page {i}").as_bytes());
-            client
-                .join(&Topic::have(hash).to_string())
-                .await
-                .with_context(|| format!("idle connection {i} cannot join"))?;
-            anyhow::Ok(client)
-        })
-        .buffer_unordered(CONNECTING_AT_ONCE)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
-}
-
 /// The generator's side (`ephemeral-bench idle-clients URL FIRST COUNT`):
 /// opens the connections, says `ready`, holds them until its stdin closes.
 pub async fn run_idle_clients(url: String, first: usize, count: usize) -> Result<()> {
     crate::memory::raise_fd_limit()?;
-    let clients = open_idle(&url, first, count).await?;
+    let clients = crate::memory::open_idle(&url, first, count).await?;
     println!("ready {}", clients.len());
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(_)) = stdin.next_line().await {}
@@ -181,7 +159,9 @@ async fn idle(fd_limit: u64) -> Result<Vec<Row>> {
     let nodes = nodes(Some(&redis), 3).await?;
     let mut warm = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
-        warm.extend(open_idle(&websocket_url(node.addr), n * WARM_UP, WARM_UP).await?);
+        warm.extend(
+            crate::memory::open_idle(&websocket_url(node.addr), n * WARM_UP, WARM_UP).await?,
+        );
     }
     for node in &nodes {
         settle(node).await;

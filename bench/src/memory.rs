@@ -102,10 +102,10 @@ async fn measure(flags: &[&str], connections: usize) -> Result<Reading> {
     let server = children::signal_server(&all_flags).await?;
     let url = websocket_url(server.addr);
 
-    let mut clients = open(&url, 0, WARM_UP).await?;
+    let mut clients = open_idle(&url, 0, WARM_UP).await?;
     settle(&server).await;
     let before = server.rss_kib()?;
-    clients.extend(open(&url, WARM_UP, connections).await?);
+    clients.extend(open_idle(&url, WARM_UP, connections).await?);
     settle(&server).await;
     let after = server.rss_kib()?;
 
@@ -120,9 +120,10 @@ async fn measure(flags: &[&str], connections: usize) -> Result<Reading> {
     })
 }
 
-/// Opens `count` connections, numbered from `first`, each joined to the
-/// `have:` topic of its own page.
-async fn open(url: &str, first: usize, count: usize) -> Result<Vec<Client>> {
+/// Opens `count` idle connections, numbered from `first`, each joined to
+/// the `have:` topic of its own page; the cluster benchmark's idle clients
+/// are these too.
+pub async fn open_idle(url: &str, first: usize, count: usize) -> Result<Vec<Client>> {
     futures_util::stream::iter(first..first + count)
         .map(|i| async move {
             let mut client = Client::connect_from(url, load::source_ip(i)).await?;
