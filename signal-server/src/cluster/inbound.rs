@@ -100,20 +100,26 @@ impl Cluster {
         }
     }
 
+    /// Tells `node` its member's join of `page` is in, with the page's
+    /// cluster-wide counts for the join reply.
+    fn answer_join(&self, node: NodeId, page: PageHash, side: Side, peer: PeerId) {
+        let counts = self.counts_of(page);
+        let joined = Message::Joined {
+            page,
+            side,
+            peer,
+            counts,
+        };
+        self.outbox.send(node, joined);
+    }
+
     fn dispatch(&self, home: &mut Home, from: NodeId, msg: Message) {
         let registry = &self.registry;
         match msg {
             Message::Join { page, side, peer } => {
                 let topic = topic(page, side);
                 home.join(registry, from, topic, peer);
-                let counts = self.counts_of(page);
-                let joined = Message::Joined {
-                    page,
-                    side,
-                    peer,
-                    counts,
-                };
-                self.outbox.send(from, joined);
+                self.answer_join(from, page, side, peer);
             }
             Message::Leave { page, side, peer } => {
                 home.leave(registry, from, topic(page, side), peer)
@@ -201,14 +207,7 @@ impl Cluster {
         unanswered: Vec<(PageHash, Side, PeerId)>,
     ) {
         for (page, side, peer) in unanswered {
-            let counts = self.counts_of(page);
-            let joined = Message::Joined {
-                page,
-                side,
-                peer,
-                counts,
-            };
-            self.outbox.send(node, joined);
+            self.answer_join(node, page, side, peer);
         }
         for chunk in named.chunks(COUNTS_PER_MESSAGE) {
             let pages = chunk
