@@ -13,6 +13,7 @@
 //! - [`hash`]: page addresses, SHA-256 of the UTF-8 bytes.
 //! - [`link`]: server addresses and page links as people write them.
 //! - [`topic`]: `have:<h>` / `want:<h>`.
+//! - [`small_map`]: the map for the few members most pages have.
 //! - [`frame`]: Phoenix Channels V2 JSON frames, parsed with exact errors.
 //! - [`protocol`]: typed payloads of every event, peer ids, error reasons.
 //! - [`path`]: which way a page travelled (direct, TURN, relay).
@@ -43,6 +44,7 @@ pub mod routing;
 pub mod selection;
 pub mod session;
 pub mod size;
+pub mod small_map;
 pub mod topic;
 pub mod transfer;
 

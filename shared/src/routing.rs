@@ -8,11 +8,12 @@
 //! each call says what it decided ([`Event`]), and [`Page::next_deadline`]
 //! says when [`Page::on_timeout`] has work, so one timer serves every page.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::protocol::{PeerId, VisitorsCount};
 use crate::selection::Selection;
+use crate::small_map::{SmallMap, SmallSet};
 use crate::topic::Role;
 
 /// How far back selection looks to balance hosts.
@@ -147,12 +148,12 @@ pub struct Page<T> {
     /// Host → its place in `hosts`, only while there are more than
     /// [`INDEXED_FROM`] hosts: most pages have one or two, and a map for
     /// them costs more memory than a scan costs time.
-    host_index: HashMap<PeerId, usize>,
-    wanters: HashSet<PeerId>,
+    host_index: SmallMap<PeerId, usize>,
+    wanters: SmallSet<PeerId>,
     /// Visitor → its slot. A visitor holds at most one slot per page: a
     /// new request ends the previous one. Each slot is one of its host's
     /// `uploads`.
-    slots: HashMap<PeerId, Slot>,
+    slots: SmallMap<PeerId, Slot>,
     /// Requests waiting for a host with a free slot, oldest first; at most
     /// one per visitor.
     queue: VecDeque<Queued<T>>,
@@ -160,7 +161,7 @@ pub struct Page<T> {
     /// to these visitors, once per request. Any request counts, not only
     /// those that asked for the relay: a host may answer a WebRTC request
     /// by relay (it cannot do WebRTC, or has too many channels open).
-    awaiting: HashMap<PeerId, Vec<PeerId>>,
+    awaiting: SmallMap<PeerId, Vec<PeerId>>,
     /// When queued requests look again at hosts that were congested.
     recheck_at: Option<Duration>,
     /// The counts last broadcast, and when the next broadcast may go.
@@ -193,11 +194,11 @@ impl<T> Page<T> {
         Self {
             limits,
             hosts: Vec::new(),
-            host_index: HashMap::new(),
-            wanters: HashSet::new(),
-            slots: HashMap::new(),
+            host_index: SmallMap::new(),
+            wanters: SmallSet::new(),
+            slots: SmallMap::new(),
             queue: VecDeque::new(),
-            awaiting: HashMap::new(),
+            awaiting: SmallMap::new(),
             recheck_at: None,
             last_broadcast: None,
             next_broadcast: None,
@@ -229,7 +230,7 @@ impl<T> Page<T> {
         let mut events = Vec::new();
         match role {
             Role::Want => {
-                self.wanters.insert(peer);
+                self.wanters.add(peer);
             }
             Role::Have => {
                 if self.host_position(peer).is_none() {
@@ -280,8 +281,8 @@ impl<T> Page<T> {
                         if let Some(moved) = self.hosts.get(i) {
                             self.host_index.insert(moved.peer, i);
                         }
-                    } else if self.host_index.capacity() > 0 {
-                        self.host_index = HashMap::new();
+                    } else if !self.host_index.is_empty() {
+                        self.host_index = SmallMap::new();
                     }
                     if self.hosts.is_empty() {
                         self.hosts = Vec::new();

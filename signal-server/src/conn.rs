@@ -1,9 +1,9 @@
 //! The handle other tasks use to reach one connection: its peer id, its
-//! address, and its send queue, bounded in bytes, with the writer task that
-//! drains the queue into the socket. A reader that stops reading fills its
-//! queue and is closed instead of growing server memory; past half full it
-//! already counts as busy and is given no visitors; a write that stalls
-//! past the write timeout closes it too.
+//! address, and its send queue, bounded in bytes, which the connection's
+//! own task drains into the socket (`connection::socket`). A reader that
+//! stops reading fills its queue and is closed instead of growing server
+//! memory; past half full it already counts as busy and is given no
+//! visitors; a write that stalls past the write timeout closes it too.
 //!
 //! The queue holds no memory while it is empty: most connections are idle
 //! most of the time, and a channel's preallocated block would cost each of
@@ -12,14 +12,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::Waker;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use ephemeral_shared::protocol::{PeerId, Reason};
-use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
-use tokio::sync::{Notify, oneshot};
-use tokio::time::timeout;
+use futures_util::task::AtomicWaker;
+use tungstenite::Utf8Bytes;
 
 use crate::addresses::Address;
 use crate::membership::lock;
@@ -32,9 +29,10 @@ pub struct Conn {
     pub address: Arc<Address>,
     /// Messages not yet written, oldest first.
     queue: Mutex<VecDeque<Utf8Bytes>>,
-    /// Wakes the writer when the queue gets a message.
-    queued: Notify,
-    /// Set once the writer has stopped: nothing more is queued.
+    /// Wakes the connection's task when it has something to write or must
+    /// close: one waker for both, as the task looks at both each time.
+    task: AtomicWaker,
+    /// Set once the connection stopped writing: nothing more is queued.
     closed: AtomicBool,
     /// Bytes queued and not yet written: the queue's real bound, since a
     /// count of messages says nothing when one message may be 2 MiB.
@@ -42,8 +40,6 @@ pub struct Conn {
     max_queued_bytes: usize,
     /// Set once the connection must close because it does not keep up.
     stalled: AtomicBool,
-    /// Wakes the connection's task to close it.
-    pub kill: Notify,
 }
 
 impl Conn {
@@ -52,12 +48,11 @@ impl Conn {
             peer,
             address,
             queue: Mutex::new(VecDeque::new()),
-            queued: Notify::new(),
+            task: AtomicWaker::new(),
             closed: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes,
             stalled: AtomicBool::new(false),
-            kill: Notify::new(),
         })
     }
 
@@ -75,43 +70,39 @@ impl Conn {
             return false;
         }
         lock(&self.queue).push_back(text);
-        self.queued.notify_one();
+        self.task.wake();
         true
     }
 
-    /// The oldest message queued; an emptied queue gives its memory back.
-    fn pop(&self) -> Option<Utf8Bytes> {
+    /// Has the connection's task woken by `waker` when a message is queued
+    /// or the connection stalls. Registered before the task looks at the
+    /// queue, so nothing queued after the look goes unnoticed.
+    pub fn register(&self, waker: &Waker) {
+        self.task.register(waker);
+    }
+
+    /// The oldest message queued, now counted as written: the socket takes
+    /// it at once, and takes no more until it is flushed. An emptied queue
+    /// gives its memory back.
+    pub fn pop(&self) -> Option<Utf8Bytes> {
         let mut queue = lock(&self.queue);
         let next = queue.pop_front();
         if queue.is_empty() && queue.capacity() > 0 {
             *queue = VecDeque::new();
         }
+        drop(queue);
+        if let Some(text) = &next {
+            self.queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
+        }
         next
     }
 
-    /// Waits for the next message. Cancel-safe: a message is taken only
-    /// when this returns it.
-    async fn next(&self) -> Utf8Bytes {
-        loop {
-            if let Some(text) = self.pop() {
-                return text;
-            }
-            // A message queued since `pop` left a permit: no wake is lost.
-            self.queued.notified().await;
-        }
-    }
-
-    /// The writer stopped: drop what is queued and refuse more.
-    fn close_queue(&self) {
+    /// The connection stopped writing: drop what is queued and refuse more.
+    pub fn close_queue(&self) {
         self.closed.store(true, Ordering::Release);
         let dropped = std::mem::take(&mut *lock(&self.queue));
         let bytes: usize = dropped.iter().map(|text| text.len()).sum();
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-    }
-
-    /// The writer wrote `len` bytes of the queue.
-    pub fn written(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
     }
 
     /// Marks the connection as not keeping up and wakes it to close.
@@ -119,7 +110,7 @@ impl Conn {
         if !self.stalled.swap(true, Ordering::AcqRel) {
             metrics.reject(Reason::SlowConsumer);
         }
-        self.kill.notify_one();
+        self.task.wake();
     }
 
     pub fn is_stalled(&self) -> bool {
@@ -133,59 +124,5 @@ impl Conn {
 
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Acquire)
-    }
-}
-
-/// Closes the queue when the writer ends, however it ends (returned,
-/// or aborted with its task).
-struct CloseOnDrop(Arc<Conn>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.close_queue();
-    }
-}
-
-/// The connection's writer task: writes what is queued, each write bounded
-/// by `write_timeout`; then the close frame, or the echo of the client's,
-/// waiting at most `close_wait` for it to go out.
-pub async fn write_queue(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut close: oneshot::Receiver<Option<CloseFrame>>,
-    conn: Arc<Conn>,
-    write_timeout: Duration,
-    close_wait: Duration,
-    metrics: Arc<Metrics>,
-) {
-    let _closing = CloseOnDrop(conn.clone());
-    loop {
-        tokio::select! {
-            biased;
-            closing = &mut close => {
-                let closing = async {
-                    match closing {
-                        Ok(Some(frame)) => sink.send(Message::Close(Some(frame))).await,
-                        // The library queued the echo when it read the
-                        // client's close; closing the sink flushes it.
-                        _ => sink.close().await,
-                    }
-                };
-                // Boxed, as the send below: inline, their timers would
-                // size the task every idle socket keeps.
-                let _ = Box::pin(timeout(close_wait, closing)).await;
-                return;
-            }
-            text = conn.next() => {
-                let len = text.len();
-                match Box::pin(timeout(write_timeout, sink.send(Message::Text(text)))).await {
-                    Ok(Ok(())) => conn.written(len),
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        conn.stall(&metrics);
-                        return;
-                    }
-                }
-            }
-        }
     }
 }

@@ -1,36 +1,39 @@
 //! One websocket connection: reads Phoenix frames, spends the socket's and
 //! the address's limits on each before any work is done for it, answers
 //! joins, leaves and heartbeats, routes requests, relays pages and signals.
-//! A writer task of its own ([`write_queue`]) sends what is queued for it,
-//! so a client that stops reading never blocks the reader, the idle timer
-//! or a close. Closes follow RFC 6455: a code and a reason a client can
-//! show, the client's close echoed, and the client's reply awaited before
-//! the socket drops.
+//! Its one task also writes what is queued for it ([`socket`]), without
+//! ever waiting on the socket, so a client that stops reading never blocks
+//! the reader, the idle timer or a close. Closes follow RFC 6455: a code
+//! and a reason a client can show, the client's close echoed, and the
+//! client's reply awaited before the socket drops.
 
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use ephemeral_shared::frame::{Frame, event};
 use ephemeral_shared::protocol::{IceServer, JoinPayload, JoinReply, PeerId, Reason};
 use ephemeral_shared::rate::RateLimiter;
 use ephemeral_shared::topic::PHOENIX_TOPIC;
 use ephemeral_shared::{Role, Topic};
-use futures_util::StreamExt;
-use futures_util::stream::{SplitSink, SplitStream};
 use serde_json::json;
 use std::sync::atomic::Ordering;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
-use tokio::time::{Instant, timeout};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
 
 use crate::AppState;
 use crate::addresses::Hold;
 use crate::cluster::local::PendingJoin;
-use crate::conn::{Conn, write_queue};
+use crate::conn::Conn;
 use crate::membership::{Member, Target};
 use crate::metrics::Metrics;
 
 mod events;
+pub mod socket;
+
+use socket::{Socket, Wake, WebSocket};
 
 /// Close codes (RFC 6455, section 7.4.1).
 mod close {
@@ -59,7 +62,7 @@ type Refusal = (Reason, String);
 
 /// How the read loop ended.
 enum Ending {
-    /// The socket is gone (read error, or the stream ended).
+    /// The socket is gone (read or write error, or the stream ended).
     Gone,
     /// The client sent a close frame: echo it.
     ClientClosed,
@@ -67,150 +70,120 @@ enum Ending {
     Close(u16, &'static str),
 }
 
-/// Serves one upgraded websocket until it closes. `hold` counts it against
-/// its client's address, `permit` against the server's total; `ice_host`
-/// is the host its STUN/TURN URLs name.
-///
-/// The socket is split before the future is built: an async fn keeps its
-/// arguments for its whole life, and the socket is a few hundred bytes of
-/// every idle connection; split, it lives once, behind the two halves.
-pub fn serve(
-    socket: WebSocket,
-    state: Arc<AppState>,
-    hold: Hold,
-    permit: OwnedSemaphorePermit,
-    ice_host: String,
-) -> impl Future<Output = ()> + Send {
-    let (sink, stream) = socket.split();
-    serve_split(sink, stream, state, hold, permit, ice_host)
+/// What a connection holds until it ends.
+pub struct Admission {
+    /// Counts it against its client's address.
+    pub hold: Hold,
+    /// Its place in the server's total.
+    pub permit: OwnedSemaphorePermit,
+    /// Its part of the server's count of open connections, which a
+    /// shutdown waits on.
+    pub done: mpsc::Sender<()>,
 }
 
-async fn serve_split(
-    sink: SplitSink<WebSocket, Message>,
-    mut stream: SplitStream<WebSocket>,
+/// Serves one upgraded websocket until it closes; `ice_host` is the host
+/// its STUN/TURN URLs name.
+///
+/// The session is built before the future, and this future is the task
+/// itself (not awaited inside another): an async fn keeps its arguments
+/// for its whole life, and an async block awaiting a future it was given
+/// keeps it twice, either way bytes every idle connection would pay.
+pub fn serve(
+    ws: WebSocket,
     state: Arc<AppState>,
-    hold: Hold,
-    _permit: OwnedSemaphorePermit,
+    admission: Admission,
     ice_host: String,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     // In a cluster a peer id names its node, so that signals for it go
     // straight there.
     let peer = match &state.cluster {
         Some(cluster) => cluster.new_peer_id(),
         None => PeerId::from_random(rand::random()),
     };
-    let config = &state.config;
-    let conn = Conn::new(peer, hold.address().clone(), config.outbound_queue_bytes);
-    let (close_tx, close_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(write_queue(
-        sink,
-        close_rx,
-        conn.clone(),
-        config.write_timeout(),
-        CLOSE_HANDSHAKE_WAIT,
-        state.metrics.clone(),
-    ));
-    let mut session = Session::new(conn.clone(), state.clone(), ice_host);
-    let metrics = &state.metrics;
-    metrics.connections.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%peer, address = %hold.address().key(), "connected");
+    let conn = Conn::new(
+        peer,
+        admission.hold.address().clone(),
+        state.config.outbound_queue_bytes,
+    );
+    let session = Session::new(conn, state, ice_host);
+    serve_session(Socket::new(ws), session, admission)
+}
 
-    let idle = config.idle_timeout();
-    let idle_deadline = tokio::time::sleep(idle);
-    tokio::pin!(idle_deadline);
-    let mut shutdown = state.shutdown.clone();
+async fn serve_session(mut socket: Socket, mut session: Session, admission: Admission) {
+    let peer = session.peer();
+    let metrics = session.state.metrics.clone();
+    metrics.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, address = %admission.hold.address().key(), "connected");
+
+    let idle = session.state.config.idle_timeout();
+    let write_timeout = session.state.config.write_timeout();
+    let mut idle_at = Instant::now() + idle;
+    let timer = tokio::time::sleep_until(idle_at);
+    tokio::pin!(timer);
+    let mut shutdown = session.state.shutdown.clone();
 
     let ending = loop {
-        tokio::select! {
-            incoming = stream.next() => {
-                let message = match incoming {
-                    None => break Ending::Gone,
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) => break read_error(&error, metrics),
-                };
-                idle_deadline.as_mut().reset(Instant::now() + idle);
-                if let Message::Close(_) = message {
-                    break Ending::ClientClosed;
-                }
+        let conn = &session.conn;
+        let wake = tokio::select! {
+            wake = poll_fn(|cx| socket.poll_wake(cx, conn, timer.as_mut(), idle_at, write_timeout)) => wake,
+            _ = shutdown.changed() => break Ending::Close(close::GOING_AWAY, "server shutting down"),
+        };
+        match wake {
+            Wake::Message(Message::Close(_)) => break Ending::ClientClosed,
+            Wake::Message(message) => {
+                idle_at = Instant::now() + idle;
                 if let Some(ending) = session.on_message(message) {
                     break ending;
                 }
             }
-            () = &mut idle_deadline => {
+            Wake::ReadEnded(None) | Wake::WriteFailed => break Ending::Gone,
+            Wake::ReadEnded(Some(error)) => break read_error(&error, &metrics),
+            Wake::WriteTimedOut | Wake::Stalled => {
+                session.conn.stall(&metrics);
+                break Ending::Close(close::POLICY, "too slow: messages were not read");
+            }
+            Wake::Idle => {
                 metrics.reject(Reason::IdleTimeout);
                 break Ending::Close(close::NORMAL, "idle timeout: no message or heartbeat");
             }
-            () = conn.kill.notified() => {
-                break Ending::Close(close::POLICY, "too slow: messages were not read");
-            }
-            _ = shutdown.changed() => break Ending::Close(close::GOING_AWAY, "server shutting down"),
-            _ = &mut writer => break Ending::Gone,
         }
     };
     drop(shutdown);
-    // Off every topic first, so nobody routes to a socket that is closing.
+    // Nothing more is written but the close: off the queue, and off every
+    // topic, so nobody routes to a socket that is closing.
+    session.conn.close_queue();
     session.leave_all();
     drop(session);
     // The closing phase runs once per socket, boxed: inline, its timers
     // would size the future every idle socket keeps.
-    Box::pin(finish(ending, close_tx, writer, stream)).await;
-    metrics.connections.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(%peer, "disconnected");
-    drop(hold);
-}
-
-/// Closes the socket as `ending` says, then stops its writer.
-async fn finish(
-    ending: Ending,
-    close_tx: oneshot::Sender<Option<CloseFrame>>,
-    mut writer: tokio::task::JoinHandle<()>,
-    mut stream: SplitStream<WebSocket>,
-) {
     match ending {
-        Ending::Gone => writer.abort(),
-        Ending::ClientClosed => {
-            let _ = close_tx.send(None);
-            let _ = timeout(CLOSE_HANDSHAKE_WAIT, &mut writer).await;
-        }
+        Ending::Gone => {}
+        Ending::ClientClosed => Box::pin(socket.echo_close(CLOSE_HANDSHAKE_WAIT)).await,
         Ending::Close(code, reason) => {
             let frame = CloseFrame {
-                code,
+                code: code.into(),
                 reason: reason.into(),
             };
-            let _ = close_tx.send(Some(frame));
-            // Read until the client answers the close: dropping a socket with
-            // unread input makes the kernel send a reset, and the client would
-            // lose the close frame and its code.
-            let _ = timeout(CLOSE_HANDSHAKE_WAIT, async {
-                while let Some(Ok(message)) = stream.next().await {
-                    if matches!(message, Message::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-            let _ = timeout(CLOSE_HANDSHAKE_WAIT, &mut writer).await;
+            Box::pin(socket.close(frame, CLOSE_HANDSHAKE_WAIT)).await;
         }
     }
-    writer.abort();
+    metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(%peer, "disconnected");
+    drop(admission);
 }
 
 /// What to close with after a read error (RFC 6455 codes).
-fn read_error(error: &axum::Error, metrics: &Metrics) -> Ending {
-    use std::error::Error as _;
-    let cause = error
-        .source()
-        .and_then(|source| source.downcast_ref::<tungstenite::Error>());
-    match cause {
-        Some(tungstenite::Error::Capacity(_)) => {
+fn read_error(error: &tungstenite::Error, metrics: &Metrics) -> Ending {
+    match error {
+        tungstenite::Error::Capacity(_) => {
             metrics.reject(Reason::OversizeMessage);
             Ending::Close(close::TOO_BIG, "message too big")
         }
-        Some(tungstenite::Error::Utf8(_)) => {
+        tungstenite::Error::Utf8(_) => {
             metrics.reject(Reason::InvalidUtf8);
             Ending::Close(close::INVALID_DATA, "text frame is not valid UTF-8")
         }
-        Some(tungstenite::Error::Protocol(_)) => {
+        tungstenite::Error::Protocol(_) => {
             tracing::debug!(%error, "websocket protocol violation");
             Ending::Close(close::PROTOCOL_ERROR, "websocket protocol error")
         }
@@ -227,6 +200,7 @@ fn message_len(message: &Message) -> usize {
         Message::Text(text) => text.len(),
         Message::Binary(bytes) => bytes.len(),
         Message::Ping(bytes) | Message::Pong(bytes) => bytes.len(),
+        Message::Frame(frame) => frame.len(),
         Message::Close(_) => 0,
     }
 }
@@ -322,7 +296,9 @@ impl Session {
                 let why = "binary frames are not part of this protocol; send JSON text";
                 return self.refused(None, (Reason::BinaryFrame, why.into()));
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return None,
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                return None;
+            }
         };
         let frame = match Frame::parse(text.as_str()) {
             Ok(frame) => frame,

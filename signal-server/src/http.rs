@@ -27,6 +27,10 @@ use crate::AppState;
 use crate::addresses::{Hold, Kind};
 use crate::lean_io::LeanIo;
 
+/// The stream under every HTTP connection, and under its websocket once
+/// upgraded (`upgrade` takes it back by this type).
+pub type Io = TokioIo<LeanIo<TcpStream>>;
+
 /// How long to pause accepting after an accept error (out of descriptors,
 /// typically), so the loop does not spin while connections close.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -98,7 +102,7 @@ async fn serve_connection(
         .header_read_timeout(state.config.http_header_timeout())
         .keep_alive(true)
         // Under the websocket too, once upgraded: see `lean_io`.
-        .serve_connection(TokioIo::new(LeanIo::new(tcp)), service)
+        .serve_connection(Io::new(LeanIo::new(tcp)), service)
         .with_upgrades();
     tokio::pin!(connection);
     let finished = tokio::select! {

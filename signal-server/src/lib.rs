@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  http (accept, per-address cap, timeouts)
-//!    └─ Router ── /ws/websocket ──► connection::serve (reader task + writer task)
+//!    └─ Router ── /ws/websocket ──► upgrade ──► connection::serve (one task)
 //!        │                                   │  Session: limits, joins, routing
 //!        ├── /healthz, /metrics              ▼
 //!        └── /, /<hash>, /<file> ◄─ assets   Registry: decisions → frames
@@ -22,9 +22,10 @@
 //!   large and keeps no read memory while a connection is idle.
 //! - [`addresses`]: client addresses (through trusted proxies) and their
 //!   limits.
-//! - [`connection`]: one socket, start to close.
-//! - [`conn`]: the handle others reach a socket by; its byte-bounded queue
-//!   and the writer that drains it.
+//! - [`upgrade`]: the websocket handshake, handing over the TCP stream.
+//! - [`connection`]: one socket, start to close, reading and writing.
+//! - [`conn`]: the handle others reach a socket by, and its byte-bounded
+//!   queue.
 //! - [`membership`]: who is on which page, each page under its own lock.
 //! - [`registry`]: routing on the wire: the routing policy's decisions as
 //!   frames, the one timer, count broadcasts.
@@ -51,6 +52,7 @@ pub mod metrics;
 pub mod registry;
 pub mod stun_turn;
 pub mod timers;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,15 +61,17 @@ use std::time::Duration;
 use addresses::{AddressLimits, Addresses, Kind};
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use connection::Admission;
 use ephemeral_shared::protocol::Reason;
 use ephemeral_shared::routing::Limits;
 use registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
+use tungstenite::protocol::WebSocketConfig;
 
 pub use config::Config;
 pub use metrics::Metrics;
@@ -445,37 +449,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A `Sec-WebSocket-Key` as RFC 6455 (section 4.1) requires: 16 bytes in
-/// base64, which is 22 characters and `==`.
-fn valid_websocket_key(key: &[u8]) -> bool {
-    let is_base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
-    // The 22nd character carries only 2 bits of the 16th byte; its low 4
-    // bits must be zero.
-    key.len() == 24
-        && key.ends_with(b"==")
-        && key[..22].iter().all(is_base64)
-        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
-}
-
 async fn websocket(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
     let metrics = &state.metrics;
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|key| key.as_bytes())
-        .unwrap_or_default();
-    if !valid_websocket_key(key) {
-        metrics.reject(Reason::BadHandshake);
-        return (
-            StatusCode::BAD_REQUEST,
-            "Sec-WebSocket-Key must be 16 bytes in base64\n",
-        )
-            .into_response();
-    }
+    let handshake = match upgrade::check(&mut request) {
+        Ok(handshake) => handshake,
+        Err(refusal) => {
+            metrics.reject(Reason::BadHandshake);
+            return refusal.into_response();
+        }
+    };
+    let headers = request.headers();
     let allowed = &state.config.allowed_origins;
     if !allowed.is_empty()
         && let Some(origin) = headers.get(header::ORIGIN)
@@ -484,8 +471,8 @@ async fn websocket(
         metrics.reject(Reason::OriginNotAllowed);
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
-    let client = addresses::client_address(peer.ip(), &headers, &state.config.trusted_proxies);
-    let ice_host = ice_host(&state.config, &headers);
+    let client = addresses::client_address(peer.ip(), headers, &state.config.trusted_proxies);
+    let ice_host = ice_host(&state.config, headers);
     let Some(hold) = state.addresses.hold(client, Kind::Websocket, true) else {
         metrics.reject(Reason::TooManyFromAddress);
         return (
@@ -499,45 +486,21 @@ async fn websocket(
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     };
     let config = &state.config;
-    upgrade
+    let websocket = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(config.write_buffer_bytes)
         .max_write_buffer_size(config.max_message_bytes.saturating_mul(2))
-        .max_message_size(config.max_message_bytes)
-        .max_frame_size(config.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            let done = state.connections_done.clone();
-            // Built here, not inside the block: the block then holds the
-            // connection's future, not also the socket it started from.
-            let serving = connection::serve(socket, state, hold, permit, ice_host);
-            // A task of its own rather than awaited in axum's upgrade task:
-            // that task would keep its upgrade state (a few hundred bytes)
-            // next to ours for the connection's whole life. `done` still
-            // says when the connection ends.
-            tokio::spawn(async move {
-                serving.await;
-                drop(done);
-            });
-            std::future::ready(())
-        })
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let done = state.connections_done.clone();
+    handshake.accept(websocket, move |ws| {
+        connection::serve(ws, state, Admission { hold, permit, done }, ice_host)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn websocket_keys_must_be_sixteen_bytes_of_base64() {
-        assert!(valid_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
-        assert!(!valid_websocket_key(b""));
-        assert!(!valid_websocket_key(b"not a key"));
-        assert!(
-            !valid_websocket_key(b"dGhlIHNhbXBsZSBub25jZR=="),
-            "stray low bits"
-        );
-        assert!(!valid_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ="));
-        assert!(!valid_websocket_key(b"dGhlIHNhbXBsZSBub25j!Q=="));
-    }
 
     #[test]
     fn ice_urls_name_the_host_the_client_used() {

@@ -18,6 +18,7 @@ use ephemeral_shared::{PageHash, Role, Topic};
 use crate::cluster::NodeId;
 use crate::conn::Conn;
 use crate::metrics::Metrics;
+use ephemeral_shared::small_map::SmallMap;
 
 /// A member of a topic: its connection and the join ref its pushes carry.
 #[derive(Debug, Clone)]
@@ -65,8 +66,8 @@ impl Target {
 /// the same members by id. `T` is what a waiting request carries.
 #[derive(Debug)]
 pub struct Page<T> {
-    pub hosts: HashMap<PeerId, Target>,
-    pub wanters: HashMap<PeerId, Target>,
+    pub hosts: SmallMap<PeerId, Target>,
+    pub wanters: SmallMap<PeerId, Target>,
     pub routing: routing::Page<T>,
     /// Set when the page leaves the map; a task that found it just before
     /// looks it up again.
@@ -74,14 +75,14 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
-    pub fn side(&self, role: Role) -> &HashMap<PeerId, Target> {
+    pub fn side(&self, role: Role) -> &SmallMap<PeerId, Target> {
         match role {
             Role::Have => &self.hosts,
             Role::Want => &self.wanters,
         }
     }
 
-    pub fn side_mut(&mut self, role: Role) -> &mut HashMap<PeerId, Target> {
+    pub fn side_mut(&mut self, role: Role) -> &mut SmallMap<PeerId, Target> {
         match role {
             Role::Have => &mut self.hosts,
             Role::Want => &mut self.wanters,
@@ -175,8 +176,8 @@ impl<T> Pages<T> {
                     None if create => {
                         self.metrics.pages.fetch_add(1, Ordering::Relaxed);
                         let page = Page {
-                            hosts: HashMap::new(),
-                            wanters: HashMap::new(),
+                            hosts: SmallMap::new(),
+                            wanters: SmallMap::new(),
                             routing: routing::Page::new(self.limits),
                             removed: false,
                         };

@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use ephemeral_shared::frame::{Frame, event};
 use ephemeral_shared::protocol::{HostRequest, PeerId, Reason, RequestRouted, VisitorsCount};
 use ephemeral_shared::routing::{self, Broadcast, Event, Inputs, Limits};
@@ -23,6 +22,7 @@ use ephemeral_shared::{PageHash, Role, Topic};
 use rand::Rng;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tungstenite::Utf8Bytes;
 
 use crate::cluster::wire::{Counts, Message, PageCounts};
 use crate::cluster::{NodeId, Outbox};
@@ -32,6 +32,8 @@ use crate::metrics::Metrics;
 use crate::timers::Timers;
 
 mod relay;
+
+pub use relay::{queued_page_bytes, send_page};
 
 /// A `content_request` as the server needs it to answer later.
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 //! time.
 
 use super::*;
+use std::collections::HashMap;
 
 const SECOND: Duration = Duration::from_secs(1);
 

@@ -5,7 +5,7 @@
 //! registry, where the routing state of the page lives; only the Redis
 //! link task touches this, one message at a time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use ephemeral_shared::{PageHash, PeerId, Role, Topic};
 
@@ -13,16 +13,17 @@ use super::ring::{Digest, NodeId};
 use super::wire::{Side, SnapshotPage};
 use crate::membership::Target;
 use crate::registry::Registry;
+use ephemeral_shared::small_map::SmallSet;
 
 /// One node's members of one page.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Members {
-    hosts: HashSet<PeerId>,
-    wanters: HashSet<PeerId>,
+    hosts: SmallSet<PeerId>,
+    wanters: SmallSet<PeerId>,
 }
 
 impl Members {
-    fn side_mut(&mut self, role: Role) -> &mut HashSet<PeerId> {
+    fn side_mut(&mut self, role: Role) -> &mut SmallSet<PeerId> {
         match role {
             Role::Have => &mut self.hosts,
             Role::Want => &mut self.wanters,
@@ -64,7 +65,7 @@ impl Home {
     pub fn join(&mut self, registry: &Registry, node: NodeId, topic: Topic, peer: PeerId) -> bool {
         let held = self.held.entry(node).or_default();
         let members = held.pages.entry(topic.hash).or_default();
-        let new = members.side_mut(topic.role).insert(peer);
+        let new = members.side_mut(topic.role).add(peer);
         if new {
             held.digest.add(topic.hash, topic.role, peer);
         }
@@ -81,7 +82,7 @@ impl Home {
         let Some(members) = held.pages.get_mut(&topic.hash) else {
             return;
         };
-        if !members.side_mut(topic.role).remove(&peer) {
+        if !members.side_mut(topic.role).take(&peer) {
             return;
         }
         if members.is_empty() {
@@ -113,10 +114,10 @@ impl Home {
     pub fn forget_page(&mut self, hash: PageHash) {
         for held in self.held.values_mut() {
             if let Some(members) = held.pages.remove(&hash) {
-                for peer in &members.hosts {
+                for peer in members.hosts.keys() {
                     held.digest.remove(hash, Role::Have, *peer);
                 }
-                for peer in &members.wanters {
+                for peer in members.wanters.keys() {
                     held.digest.remove(hash, Role::Want, *peer);
                 }
             }
@@ -146,8 +147,12 @@ impl Home {
         }
         for page in pages {
             let members = incoming.pages.entry(page.page).or_default();
-            members.hosts.extend(page.hosts);
-            members.wanters.extend(page.wanters);
+            members
+                .hosts
+                .extend(page.hosts.into_iter().map(|peer| (peer, ())));
+            members
+                .wanters
+                .extend(page.wanters.into_iter().map(|peer| (peer, ())));
             for (side, peer) in page.unanswered {
                 incoming.unanswered.push((page.page, side, peer));
             }
@@ -165,8 +170,8 @@ impl Home {
             let now = incoming.pages.get(hash);
             for role in [Role::Have, Role::Want] {
                 let topic = Topic { role, hash: *hash };
-                for peer in side(members, role) {
-                    if !now.is_some_and(|now| side(now, role).contains(peer)) {
+                for peer in side(members, role).keys() {
+                    if !now.is_some_and(|now| side(now, role).contains_key(peer)) {
                         registry.leave(topic, *peer);
                     }
                 }
@@ -177,9 +182,9 @@ impl Home {
             let before = old.get(hash);
             for role in [Role::Have, Role::Want] {
                 let topic = Topic { role, hash: *hash };
-                for peer in side(members, role) {
+                for peer in side(members, role).keys() {
                     digest.add(*hash, role, *peer);
-                    if !before.is_some_and(|before| side(before, role).contains(peer)) {
+                    if !before.is_some_and(|before| side(before, role).contains_key(peer)) {
                         registry.join(topic, *peer, Target::Remote(node));
                     }
                 }
@@ -195,7 +200,7 @@ impl Home {
     }
 }
 
-fn side(members: &Members, role: Role) -> &HashSet<PeerId> {
+fn side(members: &Members, role: Role) -> &SmallSet<PeerId> {
     match role {
         Role::Have => &members.hosts,
         Role::Want => &members.wanters,
@@ -205,7 +210,7 @@ fn side(members: &Members, role: Role) -> &HashSet<PeerId> {
 fn leave_all(registry: &Registry, hash: PageHash, members: &Members) {
     for role in [Role::Have, Role::Want] {
         let topic = Topic { role, hash };
-        for peer in side(members, role) {
+        for peer in side(members, role).keys() {
             registry.leave(topic, *peer);
         }
     }

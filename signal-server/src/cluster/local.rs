@@ -14,6 +14,7 @@ use ephemeral_shared::{PageHash, PeerId, Role, Topic};
 use super::ring::{self, Digest, NodeId};
 use super::wire::{MAX_MEMBERS_PER_MESSAGE, MAX_PAGES_PER_MESSAGE, Message, Side, SnapshotPage};
 use crate::membership::Member;
+use ephemeral_shared::small_map::SmallMap;
 
 /// A join whose reply waits for the page's home to give the counts.
 #[derive(Debug)]
@@ -45,19 +46,19 @@ pub struct LocalMember {
 
 #[derive(Debug, Default)]
 pub struct LocalPage {
-    pub hosts: HashMap<PeerId, LocalMember>,
-    pub wanters: HashMap<PeerId, LocalMember>,
+    pub hosts: SmallMap<PeerId, LocalMember>,
+    pub wanters: SmallMap<PeerId, LocalMember>,
 }
 
 impl LocalPage {
-    pub fn side(&self, role: Role) -> &HashMap<PeerId, LocalMember> {
+    pub fn side(&self, role: Role) -> &SmallMap<PeerId, LocalMember> {
         match role {
             Role::Have => &self.hosts,
             Role::Want => &self.wanters,
         }
     }
 
-    pub fn side_mut(&mut self, role: Role) -> &mut HashMap<PeerId, LocalMember> {
+    pub fn side_mut(&mut self, role: Role) -> &mut SmallMap<PeerId, LocalMember> {
         match role {
             Role::Have => &mut self.hosts,
             Role::Want => &mut self.wanters,
