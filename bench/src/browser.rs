@@ -127,7 +127,7 @@ async fn share(browser: &Client, base: &str, text: &str) -> Result<()> {
 }
 
 /// Polls `#app[data-state]` until it is `state`, within [`WAIT`].
-async fn wait_for_state(browser: &Client, state: &str) -> Result<()> {
+pub(crate) async fn wait_for_state(browser: &Client, state: &str) -> Result<()> {
     let deadline = Instant::now() + WAIT;
     let mut last = Json::Null;
     while Instant::now() < deadline {
@@ -170,13 +170,8 @@ pub async fn time_to_content(quick: bool, workspace: &Path) -> Result<Vec<Row>> 
         }
         rows
     };
-    if let Some(why) = chromium::missing() {
+    if let Some(why) = cannot_run(workspace) {
         return Ok(skip(&why));
-    }
-    if !workspace.join("static/pkg/web_client_bg.wasm").exists() {
-        return Ok(skip(
-            "the web client is not built: run `cargo xtask build` first",
-        ));
     }
     let server = children::signal_server(&[]).await?;
     let base = format!("http://{}", server.addr);
@@ -219,6 +214,34 @@ pub async fn time_to_content(quick: bool, workspace: &Path) -> Result<Vec<Row>> 
     outcome
 }
 
+/// Why the browser benchmarks cannot run here, if they cannot: no
+/// Chromium, or no web client built for the server to serve.
+pub(crate) fn cannot_run(workspace: &std::path::Path) -> Option<String> {
+    if let Some(why) = chromium::missing() {
+        return Some(why);
+    }
+    if !workspace.join("static/pkg/web_client_bg.wasm").exists() {
+        return Some("the web client is not built: run `cargo xtask build` first".into());
+    }
+    None
+}
+
+/// Makes `visitor` a new visitor of `url`: what the tab kept is forgotten
+/// and the page it was on left first.
+pub(crate) async fn open_as_new_visitor(visitor: &Client, url: &str) -> Result<()> {
+    let forget = "try { sessionStorage.clear(); } catch (e) {} return null;";
+    let _ = visitor.execute(forget, vec![]).await;
+    visitor
+        .goto("about:blank")
+        .await
+        .context("Chromium cannot leave the page")?;
+    visitor
+        .goto(url)
+        .await
+        .with_context(|| format!("Chromium cannot open {url}"))?;
+    Ok(())
+}
+
 /// `runs` first visits of `hash` by the same Chromium, each as a new
 /// visitor: what the tab kept is forgotten and it leaves before the next.
 async fn visits(
@@ -229,16 +252,7 @@ async fn visits(
 ) -> Result<Vec<Duration>> {
     let mut waits = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let forget = "try { sessionStorage.clear(); } catch (e) {} return null;";
-        let _ = visitor.execute(forget, vec![]).await;
-        visitor
-            .goto("about:blank")
-            .await
-            .context("Chromium cannot leave the page")?;
-        visitor
-            .goto(&format!("{base}/{hash}"))
-            .await
-            .context("Chromium cannot open the page")?;
+        open_as_new_visitor(visitor, &format!("{base}/{hash}")).await?;
         wait_for_state(visitor, "hosting").await?;
         let shown = visitor
             .execute(

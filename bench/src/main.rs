@@ -28,6 +28,8 @@
 //! - [`nat`]: 10, time to content across the NAT lab: direct, TURN, relay.
 //! - [`cluster`]: 11, the cluster on Redis: idle connections across three
 //!   nodes, signals one node vs two, time to content across nodes.
+//! - [`responsive`]: 12, the longest main-thread block in Chromium tabs
+//!   while a 16 MiB page is shared and fetched.
 //! - [`children`]: the servers under test, each its own process.
 //! - [`load`]: what the load generator sends, and from which addresses.
 //! - [`report`]: rows, percentiles, the table and the JSON.
@@ -43,6 +45,7 @@ mod memory;
 mod nat;
 mod peers;
 mod report;
+mod responsive;
 mod signaling;
 mod stalled;
 mod ttc;
@@ -95,6 +98,9 @@ enum Bench {
     /// 11. The cluster on Redis: idle connections on three nodes, signals
     ///     one node vs two, time to content across nodes.
     Cluster,
+    /// 12. The longest main-thread block in Chromium while a 16 MiB page is
+    ///     shared and fetched.
+    Responsive,
 }
 
 /// What this binary is when the harness re-executes it as a server.
@@ -253,6 +259,12 @@ async fn bench(quick: bool, only: &[Bench]) -> Result<()> {
         record(
             "11. Cluster",
             cluster::run(&cluster::Load::new(quick), fd_limit).await,
+        );
+    }
+    if wanted(Bench::Responsive) {
+        record(
+            "12. Responsiveness",
+            responsive::run(quick, &workspace).await,
         );
     }
 

@@ -1,8 +1,9 @@
 //! Fuzz target `fetch`: the visitor's state machine `Fetch` driven by an
 //! arbitrary sequence of what its shells feed it — server replies, routes
 //! to hosts from a small set, data-channel events with honest, forged and
-//! garbage messages, relayed content — while time moves forward by
-//! arbitrary steps. Every action is polled and checked after each event.
+//! garbage messages, relayed pages in honest and arbitrary parts — while
+//! time moves forward by arbitrary steps. Every action is polled and
+//! checked after each event.
 //!
 //! Checks: nothing panics; a finished fetch stays finished, its terminal
 //! action (`Delivered`, `Gone`, `Failed`) is the last action ever and
@@ -10,17 +11,20 @@
 //! limit and came from an event that carried it; a "too large" failure
 //! names a size really over the limit it names; requests never exceed
 //! `max_attempts`, never forget an excluded host and never go back from
-//! relay to WebRTC; only routed hosts are closed or excluded; deadlines,
-//! progress and signal acceptance agree with the phase.
+//! relay to WebRTC; only routed hosts are closed or excluded; a broken
+//! relay is blamed only on relayed parts; deadlines, progress and signal
+//! acceptance agree with the phase.
 
 #![no_main]
 
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
+use ephemeral_shared::protocol::ContentPart;
+use ephemeral_shared::relay::{RelayError, parts};
 use ephemeral_shared::transfer::TransferSender;
 use ephemeral_shared::{
-    Fetch, FetchAction, FetchConfig, FetchFailure, PageHash, PeerId, Phase, Transport,
+    Fetch, FetchAction, FetchConfig, FetchFailure, Page, PageHash, PeerId, Phase, Transport,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -91,9 +95,17 @@ enum Event {
     },
     ChannelBinary(Vec<u8>),
     RtcFailed,
-    /// The page itself, relayed through the server.
+    /// The page itself, relayed through the server in its parts.
     RelayPage,
+    /// Another text, relayed in its parts.
     RelayText(String),
+    /// Any part at all, with the relay limit the join reply gave (if any).
+    RelayPart {
+        text: String,
+        offset: u32,
+        size: u32,
+        max_relay: Option<u32>,
+    },
     /// `content_unavailable` from a host, with the relay limit the join
     /// reply gave (if any).
     ContentUnavailable {
@@ -117,7 +129,10 @@ impl Event {
     }
 
     fn carries_relay_data(&self) -> bool {
-        matches!(self, Event::RelayPage | Event::RelayText(_))
+        matches!(
+            self,
+            Event::RelayPage | Event::RelayText(_) | Event::RelayPart { .. }
+        )
     }
 
     /// Events that can tell the page's size: a transfer header, the
@@ -142,9 +157,10 @@ fuzz_target!(|input: Input| {
         max_page_bytes: input.config.max_page_bytes.into(),
         webrtc: input.config.webrtc,
     };
-    let page = input.page.as_bytes();
+    let page = Page::new(input.page.as_bytes().to_vec());
+    let page = &page;
     let mut now = Duration::ZERO;
-    let mut fetch = Fetch::new(PageHash::of(page), config.clone(), now);
+    let mut fetch = Fetch::new(page.hash(), config.clone(), now);
     let mut model = Model::new(config);
     model.after(&mut fetch, None, now);
 
@@ -178,8 +194,21 @@ fuzz_target!(|input: Input| {
             }
             Event::ChannelBinary(bytes) => fetch.on_channel_binary(bytes, now),
             Event::RtcFailed => fetch.on_rtc_failed(now),
-            Event::RelayPage => fetch.on_relay_content(&input.page, now),
-            Event::RelayText(text) => fetch.on_relay_content(text, now),
+            Event::RelayPage => relay(&mut fetch, &input.page, now),
+            Event::RelayText(text) => relay(&mut fetch, text, now),
+            Event::RelayPart {
+                text,
+                offset,
+                size,
+                max_relay,
+            } => {
+                let part = ContentPart {
+                    content: text.into(),
+                    offset: *offset as usize,
+                    size: *size as usize,
+                };
+                fetch.on_relay_part(&part, max_relay.map(|max| max as usize), now);
+            }
             Event::ContentUnavailable {
                 host,
                 size,
@@ -196,6 +225,13 @@ fuzz_target!(|input: Input| {
         model.after(&mut fetch, Some(&step.event), now);
     }
 });
+
+/// Every part of `text`, as the server relays it.
+fn relay(fetch: &mut Fetch, text: &str, now: Duration) {
+    for part in parts(text) {
+        fetch.on_relay_part(&part, None, now);
+    }
+}
 
 /// What the fetch has told the shell so far, to check the next actions
 /// against.
@@ -293,7 +329,7 @@ impl Model {
                 transport,
                 host,
             } => {
-                assert_eq!(PageHash::of(page), hash, "delivered the wrong page");
+                assert_eq!(PageHash::of(page.bytes()), hash, "delivered the wrong page");
                 assert!(host.is_none_or(|h| self.routed.contains(&h)));
                 let event = event.expect("delivered before any event");
                 match transport {
@@ -338,6 +374,20 @@ impl Model {
                 // Over our own limit it would have been `PageTooLarge`.
                 assert!(*size <= self.config.max_page_bytes as u64);
                 assert_eq!(*webrtc_tried, self.config.webrtc);
+            }
+            FetchAction::Failed(FetchFailure::BadRelay(error)) => {
+                let event = event.expect("a bad relay before any event");
+                assert!(event.carries_relay_data(), "bad relay on {event:?}");
+                if let RelayError::OverRelayLimit { size, max } = error {
+                    assert!(
+                        matches!(event, Event::RelayPart { max_relay: Some(m), .. } if *m as usize == *max)
+                    );
+                    assert!(size > max);
+                }
+                assert!(
+                    !matches!(error, RelayError::Oversize { .. }),
+                    "said as too large"
+                );
             }
         }
         self.ended = Some(action);

@@ -11,8 +11,8 @@
 use std::fmt::Debug;
 
 use ephemeral_shared::protocol::{
-    Content, ContentRequest, ContentUnavailable, ContentUnavailableFrom, HostRequest, IceServer,
-    JoinReply, Reason, RequestRouted, SignalBody, SignalFrom, SignalTo, VisitorsCount,
+    Content, ContentPart, ContentRequest, ContentUnavailable, ContentUnavailableFrom, HostRequest,
+    IceServer, JoinReply, Reason, RequestRouted, SignalBody, SignalFrom, SignalTo, VisitorsCount,
 };
 use ephemeral_shared::{Frame, PageHash, PeerId, Topic};
 use libfuzzer_sys::fuzz_target;
@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
     decode::<ContentRequest>(data, frame);
     decode::<HostRequest>(data, frame);
     decode::<Content>(data, frame);
+    decode::<ContentPart<'static>>(data, frame);
     decode::<ContentUnavailable>(data, frame);
     decode::<ContentUnavailableFrom>(data, frame);
     decode::<VisitorsCount>(data, frame);

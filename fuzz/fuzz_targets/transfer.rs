@@ -12,11 +12,11 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use ephemeral_shared::PageHash;
 use ephemeral_shared::transfer::{
     CHUNK_HEADER_LEN, MAX_MESSAGE_BYTES, Received, TransferError, TransferReceiver, TransferSender,
     message_size_for,
 };
+use ephemeral_shared::{Page, PageHash};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
@@ -56,7 +56,8 @@ enum Message {
 }
 
 fuzz_target!(|input: Input| {
-    let page_hash = PageHash::of(&input.page);
+    let page = Page::new(input.page.clone());
+    let page_hash = page.hash();
     let expected = if input.wants_page {
         page_hash
     } else {
@@ -71,7 +72,7 @@ fuzz_target!(|input: Input| {
     for message in &input.messages {
         match message {
             Message::HonestHeader => {
-                let header = TransferSender::new(&input.page, sdp_size).header();
+                let header = TransferSender::new(&page, sdp_size).header();
                 checked.text(&header);
             }
             Message::SizedHeader(size) => {
@@ -79,7 +80,7 @@ fuzz_target!(|input: Input| {
             }
             Message::Text(text) => checked.text(text),
             Message::HonestChunks { message_size } => {
-                let sender = TransferSender::new(&input.page, usize::from(*message_size));
+                let sender = TransferSender::new(&page, usize::from(*message_size));
                 for chunk in sender.chunks() {
                     checked.binary(&chunk);
                 }
@@ -89,7 +90,7 @@ fuzz_target!(|input: Input| {
                 index,
                 message_size,
             } => {
-                let sender = TransferSender::new(&input.page, usize::from(*message_size));
+                let sender = TransferSender::new(&page, usize::from(*message_size));
                 if let Some(chunk) = sender.chunks().nth(usize::from(*index)) {
                     checked.binary(&framed(*seq, &chunk[CHUNK_HEADER_LEN..]));
                 }
@@ -103,7 +104,7 @@ fuzz_target!(|input: Input| {
     // one given an honest transfer must get the page when it is the one
     // wanted and fits.
     let mut honest = TransferReceiver::new(expected, limit);
-    let sender = TransferSender::new(&input.page, sdp_size);
+    let sender = TransferSender::new(&page, sdp_size);
     let mut outcome = honest.on_text(&sender.header());
     for chunk in sender.chunks() {
         outcome = honest.on_binary(&chunk);
@@ -111,7 +112,10 @@ fuzz_target!(|input: Input| {
     // Compared, not taken from `wants_page`: the "other" page may be the
     // fuzzer's page too.
     if expected == page_hash && input.page.len() <= limit {
-        assert_eq!(outcome, Ok(Received::Complete(input.page.clone())));
+        assert!(
+            matches!(&outcome, Ok(Received::Complete(got)) if got.bytes() == input.page),
+            "refused or changed an honest transfer: {outcome:?}"
+        );
     } else {
         assert!(
             outcome.is_err(),
@@ -179,9 +183,18 @@ impl Checked {
                 assert_eq!(self.receiver.progress(), Some((received, size)));
             }
             Ok(Received::Complete(page)) => {
-                assert_eq!(PageHash::of(&page), self.expected, "accepted wrong bytes");
+                assert_eq!(
+                    PageHash::of(page.bytes()),
+                    self.expected,
+                    "accepted wrong bytes"
+                );
+                assert_eq!(page.hash(), self.expected);
                 assert!(page.len() <= self.limit);
-                assert_eq!(page, self.taken, "completed with bytes it was not sent");
+                assert_eq!(
+                    page.bytes(),
+                    self.taken,
+                    "completed with bytes it was not sent"
+                );
                 self.complete = true;
             }
             // The transfer ended with bytes that do not hash right; nothing

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ephemeral_shared::Page;
 use ephemeral_shared::client::{ConnId, RtcEvent, Side};
 use ephemeral_shared::protocol::SignalBody;
 use tokio::sync::mpsc;
@@ -17,7 +18,7 @@ use crate::rtc::{RtcError, RtcSettings, Session, SessionEvent};
 /// What the core asks of a running connection.
 enum Command {
     Signal(SignalBody),
-    SendPage(Arc<[u8]>),
+    SendPage(Page),
 }
 
 /// A running connection's task.
@@ -57,7 +58,7 @@ impl Connections {
         self.command(conn, Command::Signal(body));
     }
 
-    pub(crate) fn send_page(&self, conn: ConnId, page: Arc<[u8]>) {
+    pub(crate) fn send_page(&self, conn: ConnId, page: Page) {
         self.command(conn, Command::SendPage(page));
     }
 

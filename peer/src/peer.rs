@@ -12,7 +12,7 @@ use ephemeral_shared::client::{self, ClientConfig, StartError};
 use ephemeral_shared::path::Path;
 use ephemeral_shared::protocol::VisitorsCount;
 use ephemeral_shared::session::SessionConfig;
-use ephemeral_shared::{FetchConfig, FetchFailure, PageHash, PeerId, Phase, Transport};
+use ephemeral_shared::{FetchConfig, FetchFailure, Page, PageHash, PeerId, Phase, Transport};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -177,7 +177,7 @@ impl From<client::Delivered> for Fetched {
                 channel_open: delivered.channel_open,
                 total: delivered.total,
             },
-            page: delivered.page,
+            page: delivered.page.into_vec(),
         }
     }
 }
@@ -186,7 +186,8 @@ impl From<client::Delivered> for Fetched {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchProgress {
     pub phase: Phase,
-    /// Bytes received over the current data channel, and the announced size.
+    /// Bytes received, over the current data channel or in relayed parts,
+    /// and the announced size.
     pub received: usize,
     pub size: Option<usize>,
 }
@@ -308,7 +309,7 @@ impl Peer {
         std::str::from_utf8(&page)?;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Share {
-            page: Arc::from(page),
+            page: Page::new(page),
             reply,
         })?;
         rx.await.map_err(|_| PeerError::Stopped)?

@@ -20,7 +20,7 @@ use ephemeral_shared::client::{Client, ConnId, Event, Output, RtcEvent};
 use ephemeral_shared::path::Path;
 use ephemeral_shared::protocol::{IceServer, VisitorsCount};
 use ephemeral_shared::session::Transmit;
-use ephemeral_shared::{Frame, PageHash};
+use ephemeral_shared::{Frame, Page, PageHash};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -35,7 +35,7 @@ use crate::signaling::{self, ConnectError, FrameReceiver, FrameSender};
 /// What the [`Peer`](crate::Peer) handle asks.
 pub(crate) enum Command {
     Share {
-        page: Arc<[u8]>,
+        page: Page,
         reply: oneshot::Sender<Result<PageHash, PeerError>>,
     },
     Unshare {

@@ -25,7 +25,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::hash::PageHash;
-use crate::protocol::{ContentRequest, PeerId};
+use crate::page::Page;
+use crate::protocol::{ContentPart, ContentRequest, PeerId};
+use crate::relay::{RelayError, RelayLimits, RelayReceiver, Relayed};
 use crate::size::{Bytes, compared};
 use crate::transfer::{Received, TransferError, TransferReceiver};
 
@@ -97,6 +99,11 @@ pub enum FetchFailure {
         max_relay: Option<u64>,
         webrtc_tried: bool,
     },
+    /// The server's relay sent the page's parts out of order, or at odds
+    /// with its size or limit: the relay is at fault, and no other host
+    /// would fare better through it.
+    #[error("the server's relay sent the page malformed: {0}")]
+    BadRelay(RelayError),
 }
 
 impl FetchFailure {
@@ -141,7 +148,7 @@ pub enum FetchAction {
     CloseRtc(PeerId),
     /// The verified page. The shell now leaves `want:` and joins `have:`.
     Delivered {
-        page: Vec<u8>,
+        page: Page,
         transport: Transport,
         host: Option<PeerId>,
     },
@@ -189,6 +196,8 @@ pub struct Fetch {
     bad_hosts: u32,
     attempts: u32,
     receiver: Option<TransferReceiver>,
+    /// A page arriving in parts through the server's relay.
+    relayed: RelayReceiver,
     actions: VecDeque<FetchAction>,
 }
 
@@ -206,6 +215,7 @@ impl Fetch {
             bad_hosts: 0,
             attempts: 0,
             receiver: None,
+            relayed: RelayReceiver::default(),
             actions: VecDeque::new(),
         };
         fetch.ask(now);
@@ -220,9 +230,12 @@ impl Fetch {
         self.phase
     }
 
-    /// Bytes received and total, while receiving over WebRTC.
+    /// Bytes received and total, while a page arrives over WebRTC or in
+    /// parts through the server's relay.
     pub fn progress(&self) -> Option<(usize, usize)> {
-        self.receiver.as_ref().and_then(TransferReceiver::progress)
+        self.relayed
+            .progress()
+            .or_else(|| self.receiver.as_ref().and_then(TransferReceiver::progress))
     }
 
     /// The next thing the shell must do, if any.
@@ -274,6 +287,7 @@ impl Fetch {
     /// The websocket came back after a drop: whatever was under way through
     /// the server is lost, so ask again.
     pub fn on_reconnected(&mut self, now: Duration) {
+        self.relayed.reset();
         match self.phase {
             Phase::Asking | Phase::Relaying(_) => self.ask(now),
             Phase::Connecting(host) => {
@@ -319,13 +333,52 @@ impl Fetch {
         }
     }
 
-    /// A page relayed through the server. Any visitor's request may have
-    /// caused it, so it is welcome in any phase, once verified.
-    pub fn on_relay_content(&mut self, content: &str, now: Duration) {
+    /// A part of a page relayed through the server. The parts of a page
+    /// come one after another on the socket, and the page may answer an
+    /// earlier request of ours: it is welcome in any phase, once verified.
+    /// `max_relay` is the server's limit from our join reply, if it gave
+    /// one. Parts that do not follow on from the last end the fetch.
+    pub fn on_relay_part(&mut self, part: &ContentPart, max_relay: Option<usize>, now: Duration) {
         if self.phase.is_finished() {
             return;
         }
-        if self.hash.matches(content.as_bytes()) {
+        let limits = RelayLimits {
+            max_page: self.config.max_page_bytes,
+            max_relay,
+        };
+        match self.relayed.on_part(part, limits) {
+            Ok(Relayed::Partial { .. }) => {
+                if let Phase::Connecting(host) | Phase::Receiving(host) = self.phase {
+                    // The host answers through the server: its channel is
+                    // of no more use, and the page is now relaying.
+                    self.actions.push_back(FetchAction::CloseRtc(host));
+                    self.receiver = None;
+                    self.phase = Phase::Relaying(host);
+                }
+                if let Phase::Relaying(_) = self.phase {
+                    self.deadline = Some(now + self.config.relay_timeout);
+                }
+            }
+            Ok(Relayed::Complete(page)) => self.on_relayed_page(page, now),
+            // The size is the page's, which the server checked: it is the
+            // page that is too large, whoever sent it.
+            Err(RelayError::Oversize { size, limit }) => {
+                self.close_channel();
+                self.fail(FetchFailure::PageTooLarge {
+                    size: size as u64,
+                    max: limit as u64,
+                });
+            }
+            Err(error) => {
+                self.close_channel();
+                self.fail(FetchFailure::BadRelay(error));
+            }
+        }
+    }
+
+    /// Every part of a relayed page is in.
+    fn on_relayed_page(&mut self, page: Page, now: Duration) {
+        if page.hash() == self.hash {
             let host = match self.phase {
                 Phase::Connecting(host) | Phase::Receiving(host) => {
                     self.actions.push_back(FetchAction::CloseRtc(host));
@@ -334,19 +387,16 @@ impl Fetch {
                 Phase::Relaying(host) => Some(host),
                 _ => None,
             };
-            // The server relays pages up to its own limit, which may be
-            // above ours; the bytes are the page, so it is the page that is
-            // too large, whoever sent it.
-            if content.len() > self.config.max_page_bytes {
-                self.fail(FetchFailure::PageTooLarge {
-                    size: content.len() as u64,
-                    max: self.config.max_page_bytes as u64,
-                });
-                return;
-            }
-            self.deliver(content.as_bytes().to_vec(), Transport::Relay, host);
+            self.deliver(page, Transport::Relay, host);
         } else if let Phase::Relaying(host) = self.phase {
             self.drop_host(host, true, now);
+        }
+    }
+
+    /// Closes the peer connection of the current phase, if it has one.
+    fn close_channel(&mut self) {
+        if let Phase::Connecting(host) | Phase::Receiving(host) = self.phase {
+            self.actions.push_back(FetchAction::CloseRtc(host));
         }
     }
 
@@ -454,7 +504,7 @@ impl Fetch {
         self.enter(Phase::Asking, now + self.config.relay_timeout);
     }
 
-    fn deliver(&mut self, page: Vec<u8>, transport: Transport, host: Option<PeerId>) {
+    fn deliver(&mut self, page: Page, transport: Transport, host: Option<PeerId>) {
         self.receiver = None;
         self.finish(
             Phase::Delivered(transport),

@@ -21,9 +21,12 @@ pub enum HashError {
 }
 
 impl PageHash {
-    /// Hashes a page's bytes.
+    /// Hashes a page's bytes. A client holding the page should hold a
+    /// [`Page`](crate::page::Page) instead, which carries its hash.
     pub fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
+        let mut hasher = Hasher::default();
+        hasher.update(bytes);
+        hasher.finish()
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -38,6 +41,35 @@ impl PageHash {
     pub fn matches(&self, bytes: &[u8]) -> bool {
         Self::of(bytes) == *self
     }
+}
+
+/// SHA-256 fed piece by piece: the one place page bytes are hashed, so
+/// that the tests can count how many bytes a path hashes
+/// ([`bytes_hashed`]).
+#[derive(Clone, Default)]
+pub(crate) struct Hasher(Sha256);
+
+impl Hasher {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        #[cfg(test)]
+        HASHED.with(|hashed| hashed.set(hashed.get() + bytes.len()));
+        self.0.update(bytes);
+    }
+
+    pub(crate) fn finish(self) -> PageHash {
+        PageHash(self.0.finalize().into())
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static HASHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes hashed so far on this thread (each test runs on its own).
+#[cfg(test)]
+pub(crate) fn bytes_hashed() -> usize {
+    HASHED.with(std::cell::Cell::get)
 }
 
 impl FromStr for PageHash {

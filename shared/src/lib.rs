@@ -11,6 +11,8 @@
 //! ```
 //!
 //! - [`hash`]: page addresses, SHA-256 of the UTF-8 bytes.
+//! - [`page`]: a page's bytes with their address, hashed exactly once
+//!   (whole, or piece by piece as they arrive).
 //! - [`link`]: server addresses and page links as people write them.
 //! - [`topic`]: `have:<h>` / `want:<h>`.
 //! - [`small_map`]: the map for the few members most pages have.
@@ -23,6 +25,7 @@
 //!   upload slots, the queue, who may relay to whom, count broadcasts.
 //! - [`rate`]: the per-socket token bucket.
 //! - [`transfer`]: a page over a data channel: header, chunks, verification.
+//! - [`relay`]: a relayed page in parts from the server, put back together.
 //! - [`fetch`]: the visitor's state machine, WebRTC first, relay fallback.
 //! - [`host`]: the host's choice between offering a channel and relaying.
 //! - [`session`]: the client's Phoenix session: refs, joins, heartbeat,
@@ -37,9 +40,11 @@ pub mod frame;
 pub mod hash;
 pub mod host;
 pub mod link;
+pub mod page;
 pub mod path;
 pub mod protocol;
 pub mod rate;
+pub mod relay;
 pub mod routing;
 pub mod selection;
 pub mod session;
@@ -51,5 +56,6 @@ pub mod transfer;
 pub use fetch::{Fetch, FetchAction, FetchConfig, FetchFailure, Phase, Transport};
 pub use frame::{Frame, FrameError};
 pub use hash::PageHash;
+pub use page::Page;
 pub use protocol::PeerId;
 pub use topic::{Role, Topic};

@@ -1,6 +1,7 @@
 //! Typed payloads of every event Ephemeral speaks (docs/protocol.md), and
 //! server-assigned peer ids.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -149,11 +150,25 @@ pub struct HostRequest {
     pub relay: bool,
 }
 
-/// `content`: the whole page over the websocket (the relay path).
+/// `content` from a host, on `have:<h>`: the whole page, for the server
+/// to relay over the websocket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Content {
     pub content: String,
+}
+
+/// `content` as a visitor receives it, on `want:<h>`: one part of a
+/// relayed page, `size` bytes in all, whose bytes start at `offset`. The
+/// server sends the parts in order, cut on character boundaries
+/// ([`crate::relay`]), so that a visitor can show how far it has got.
+/// Borrowed when the server writes it, owned when a client reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentPart<'a> {
+    pub content: Cow<'a, str>,
+    pub offset: usize,
+    pub size: usize,
 }
 
 /// `content_unavailable` from a host, on `have:<h>`: it cannot send the
@@ -368,6 +383,24 @@ mod tests {
         let request: ContentRequest = serde_json::from_value(json!({})).unwrap();
         assert_eq!(request, ContentRequest::default());
         assert!(serde_json::from_value::<ContentRequest>(json!({"relay": "yes"})).is_err());
+    }
+
+    #[test]
+    fn content_parts_say_where_they_go_and_refuse_anything_else() {
+        let part = ContentPart {
+            content: Cow::Borrowed("ab"),
+            offset: 3,
+            size: 5,
+        };
+        let value = serde_json::to_value(&part).unwrap();
+        assert_eq!(value, json!({"content": "ab", "offset": 3, "size": 5}));
+        assert_eq!(serde_json::from_value::<ContentPart>(value).unwrap(), part);
+        let extra = json!({"content": "ab", "offset": 3, "size": 5, "from": "x"});
+        assert!(serde_json::from_value::<ContentPart>(extra).is_err());
+        let whole = json!({"content": "ab"});
+        assert!(serde_json::from_value::<ContentPart>(whole).is_err());
+        let negative = json!({"content": "ab", "offset": -1, "size": 5});
+        assert!(serde_json::from_value::<ContentPart>(negative).is_err());
     }
 
     #[test]

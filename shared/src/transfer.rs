@@ -1,11 +1,14 @@
 //! Moving one page over a data channel: a JSON header `{"hash", "size"}`,
 //! then binary chunks, each a 4-byte big-endian sequence number and data.
 //! The transfer is complete when `size` bytes have arrived and hash to
-//! `hash`; the receiver rejects anything else with a typed error.
+//! `hash`; the receiver rejects anything else with a typed error. It
+//! hashes each chunk as it arrives, so the last chunk costs no more than
+//! the others: no pass over the whole page at the end.
 
 use serde::{Deserialize, Serialize};
 
 use crate::hash::PageHash;
+use crate::page::{Page, PageBuilder};
 
 /// Bytes of sequence number in front of every chunk.
 pub const CHUNK_HEADER_LEN: usize = 4;
@@ -43,14 +46,14 @@ pub fn message_size_for(remote_sdp: &str) -> usize {
 /// Splits a page into the messages of one transfer.
 #[derive(Debug, Clone)]
 pub struct TransferSender<'a> {
-    page: &'a [u8],
+    page: &'a Page,
     data_per_chunk: usize,
 }
 
 impl<'a> TransferSender<'a> {
     /// `message_size` is the largest message the remote accepts, e.g. from
     /// [`message_size_for`].
-    pub fn new(page: &'a [u8], message_size: usize) -> Self {
+    pub fn new(page: &'a Page, message_size: usize) -> Self {
         let data_per_chunk = message_size.max(CHUNK_HEADER_LEN + 1) - CHUNK_HEADER_LEN;
         Self {
             page,
@@ -61,7 +64,7 @@ impl<'a> TransferSender<'a> {
     /// The header, as the text message to send first.
     pub fn header(&self) -> String {
         let header = TransferHeader {
-            hash: PageHash::of(self.page),
+            hash: self.page.hash(),
             size: self.page.len(),
         };
         serde_json::to_string(&header).unwrap_or_default()
@@ -70,15 +73,33 @@ impl<'a> TransferSender<'a> {
     /// The binary messages to send after the header, in order.
     pub fn chunks(&self) -> impl Iterator<Item = Vec<u8>> + 'a {
         self.page
+            .bytes()
             .chunks(self.data_per_chunk)
             .zip(0u32..)
-            .map(|(data, seq)| {
-                let mut message = Vec::with_capacity(CHUNK_HEADER_LEN + data.len());
-                message.extend_from_slice(&seq.to_be_bytes());
-                message.extend_from_slice(data);
-                message
-            })
+            .map(|(data, seq)| framed(seq, data))
     }
+
+    /// The message [`TransferSender::chunks`] yields at `seq`, or `None`
+    /// past the last: a sender that makes each chunk only once the channel
+    /// has room holds no copy of the page.
+    pub fn chunk(&self, seq: u32) -> Option<Vec<u8>> {
+        let start = usize::try_from(seq)
+            .ok()?
+            .checked_mul(self.data_per_chunk)?;
+        let rest = self
+            .page
+            .bytes()
+            .get(start..)
+            .filter(|rest| !rest.is_empty())?;
+        Some(framed(seq, &rest[..rest.len().min(self.data_per_chunk)]))
+    }
+}
+
+fn framed(seq: u32, data: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(CHUNK_HEADER_LEN + data.len());
+    message.extend_from_slice(&seq.to_be_bytes());
+    message.extend_from_slice(data);
+    message
 }
 
 /// What went wrong receiving a page. Every variant means: this host's
@@ -113,7 +134,7 @@ pub enum Received {
     /// More to come.
     Partial { received: usize, size: usize },
     /// Every byte arrived and they hash to the address.
-    Complete(Vec<u8>),
+    Complete(Page),
 }
 
 /// Reassembles and verifies one page from a host.
@@ -130,7 +151,7 @@ enum ReceiveState {
     Receiving {
         size: usize,
         next_seq: u32,
-        bytes: Vec<u8>,
+        page: PageBuilder,
     },
     Done,
 }
@@ -148,7 +169,7 @@ impl TransferReceiver {
     /// Bytes received so far and the announced size, once known.
     pub fn progress(&self) -> Option<(usize, usize)> {
         match &self.state {
-            ReceiveState::Receiving { size, bytes, .. } => Some((bytes.len(), *size)),
+            ReceiveState::Receiving { size, page, .. } => Some((page.len(), *size)),
             _ => None,
         }
     }
@@ -176,7 +197,7 @@ impl TransferReceiver {
         self.state = ReceiveState::Receiving {
             size: header.size,
             next_seq: 0,
-            bytes: Vec::with_capacity(header.size),
+            page: PageBuilder::with_capacity(header.size),
         };
         self.finish_if_complete()
     }
@@ -186,7 +207,7 @@ impl TransferReceiver {
         let ReceiveState::Receiving {
             size,
             next_seq,
-            bytes,
+            page,
         } = &mut self.state
         else {
             return Err(match self.state {
@@ -204,27 +225,27 @@ impl TransferReceiver {
                 got: seq,
             });
         }
-        if bytes.len() + data.len() > *size {
+        if page.len() + data.len() > *size {
             return Err(TransferError::TooLong { size: *size });
         }
-        bytes.extend_from_slice(data);
+        page.extend(data);
         *next_seq = next_seq.wrapping_add(1);
         self.finish_if_complete()
     }
 
     fn finish_if_complete(&mut self) -> Result<Received, TransferError> {
-        let ReceiveState::Receiving { size, bytes, .. } = &mut self.state else {
+        let ReceiveState::Receiving { size, page, .. } = &mut self.state else {
             return Err(TransferError::AfterComplete);
         };
-        if bytes.len() < *size {
+        if page.len() < *size {
             return Ok(Received::Partial {
-                received: bytes.len(),
+                received: page.len(),
                 size: *size,
             });
         }
-        let page = std::mem::take(bytes);
+        let page = std::mem::take(page).finish();
         self.state = ReceiveState::Done;
-        if self.expected.matches(&page) {
+        if page.hash() == self.expected {
             Ok(Received::Complete(page))
         } else {
             Err(TransferError::HashMismatch)
@@ -235,17 +256,19 @@ impl TransferReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::bytes_hashed;
 
-    fn transfer(page: &[u8], message_size: usize) -> Result<Vec<u8>, TransferError> {
-        let sender = TransferSender::new(page, message_size);
-        let mut receiver = TransferReceiver::new(PageHash::of(page), 1 << 20);
+    fn transfer(page: &[u8], message_size: usize) -> Result<Page, TransferError> {
+        let page = Page::new(page.to_vec());
+        let sender = TransferSender::new(&page, message_size);
+        let mut receiver = TransferReceiver::new(page.hash(), 1 << 20);
         let mut last = receiver.on_text(&sender.header())?;
         for chunk in sender.chunks() {
             assert!(chunk.len() <= message_size);
             last = receiver.on_binary(&chunk)?;
         }
         match last {
-            Received::Complete(bytes) => Ok(bytes),
+            Received::Complete(page) => Ok(page),
             Received::Partial { .. } => panic!("transfer ended partial"),
         }
     }
@@ -256,26 +279,44 @@ mod tests {
         for page in [&b""[..], b"x", "ünïcödé 👋🏽".as_bytes(), &big] {
             for size in [5, 16 * 1024, MAX_MESSAGE_BYTES] {
                 assert_eq!(transfer(page, size).as_deref(), Ok(page));
+                assert_eq!(
+                    transfer(page, size).map(|p| p.hash()),
+                    Ok(PageHash::of(page))
+                );
             }
         }
     }
 
     #[test]
+    fn chunks_one_at_a_time_are_the_chunks() {
+        let page = Page::new((0..1000u32).map(|i| (i % 7) as u8).collect());
+        for size in [5, 100, 1004, 4096] {
+            let sender = TransferSender::new(&page, size);
+            let one_by_one: Vec<Vec<u8>> = (0..).map_while(|seq| sender.chunk(seq)).collect();
+            assert_eq!(one_by_one, sender.chunks().collect::<Vec<_>>());
+        }
+        let empty = Page::new(Vec::new());
+        assert_eq!(TransferSender::new(&empty, 100).chunk(0), None);
+        assert_eq!(TransferSender::new(&page, 5).chunk(u32::MAX), None);
+    }
+
+    #[test]
     fn empty_page_completes_on_its_header() {
-        let sender = TransferSender::new(b"", MAX_MESSAGE_BYTES);
+        let empty = Page::new(Vec::new());
+        let sender = TransferSender::new(&empty, MAX_MESSAGE_BYTES);
         assert_eq!(sender.chunks().count(), 0);
-        let mut receiver = TransferReceiver::new(PageHash::of(b""), 10);
+        let mut receiver = TransferReceiver::new(empty.hash(), 10);
         assert_eq!(
             receiver.on_text(&sender.header()),
-            Ok(Received::Complete(vec![]))
+            Ok(Received::Complete(empty))
         );
     }
 
     #[test]
     fn rejects_every_kind_of_bad_transfer() {
-        let page = b"hello world, this is a page";
-        let hash = PageHash::of(page);
-        let sender = TransferSender::new(page, 10);
+        let page = Page::new(b"hello world, this is a page".to_vec());
+        let hash = page.hash();
+        let sender = TransferSender::new(&page, 10);
         let chunks: Vec<Vec<u8>> = sender.chunks().collect();
         let fresh = || TransferReceiver::new(hash, 1000);
 
@@ -283,7 +324,7 @@ mod tests {
             fresh().on_text("nope"),
             Err(TransferError::BadHeader(_))
         ));
-        let other = TransferSender::new(b"other", 10).header();
+        let other = TransferSender::new(&Page::new(b"other".to_vec()), 10).header();
         assert_eq!(
             fresh().on_text(&other),
             Err(TransferError::WrongPage {
@@ -346,11 +387,68 @@ mod tests {
         );
     }
 
+    /// A page of `chunks` full chunks of `message_size`, its sender's
+    /// messages, and a receiver for it.
+    fn stream(
+        chunks: usize,
+        message_size: usize,
+    ) -> (Page, String, Vec<Vec<u8>>, TransferReceiver) {
+        let data = message_size - CHUNK_HEADER_LEN;
+        let page = Page::new((0..chunks * data).map(|i| (i % 249) as u8).collect());
+        let sender = TransferSender::new(&page, message_size);
+        let receiver = TransferReceiver::new(page.hash(), 1 << 20);
+        (
+            page.clone(),
+            sender.header(),
+            sender.chunks().collect(),
+            receiver,
+        )
+    }
+
+    #[test]
+    fn verifies_chunk_by_chunk_hashing_each_byte_once() {
+        let (page, header, chunks, mut receiver) = stream(8, 1024);
+        let before = bytes_hashed();
+        receiver.on_text(&header).unwrap();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let outcome = receiver.on_binary(chunk).unwrap();
+            // Hashed as it arrived, not saved up for the end.
+            assert_eq!(bytes_hashed() - before, (n + 1) * 1020);
+            if n + 1 < chunks.len() {
+                assert!(matches!(outcome, Received::Partial { .. }));
+            } else {
+                assert_eq!(outcome, Received::Complete(page.clone()));
+            }
+        }
+        assert_eq!(
+            bytes_hashed() - before,
+            page.len(),
+            "every byte hashed once"
+        );
+    }
+
+    #[test]
+    fn a_corrupted_chunk_anywhere_fails_the_stream() {
+        for corrupt in [0, 3, 7] {
+            let (_, header, mut chunks, mut receiver) = stream(8, 1024);
+            chunks[corrupt][CHUNK_HEADER_LEN + 100] ^= 0x20;
+            receiver.on_text(&header).unwrap();
+            let (last, rest) = chunks.split_last().unwrap();
+            for chunk in rest {
+                assert!(matches!(
+                    receiver.on_binary(chunk),
+                    Ok(Received::Partial { .. })
+                ));
+            }
+            assert_eq!(receiver.on_binary(last), Err(TransferError::HashMismatch));
+        }
+    }
+
     #[test]
     fn progress_counts_bytes() {
-        let page = vec![7u8; 100];
+        let page = Page::new(vec![7u8; 100]);
         let sender = TransferSender::new(&page, 44);
-        let mut receiver = TransferReceiver::new(PageHash::of(&page), 1000);
+        let mut receiver = TransferReceiver::new(page.hash(), 1000);
         receiver.on_text(&sender.header()).unwrap();
         let first = sender.chunks().next().unwrap();
         assert_eq!(

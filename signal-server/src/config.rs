@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 pub use crate::addresses::Cidr;
+use crate::registry::queued_page_bytes;
 use ephemeral_shared::protocol::IceServer;
 use ephemeral_shared::selection::Selection;
 
@@ -72,7 +73,8 @@ pub struct Config {
     /// Bytes queued for one socket (replies, pushes, relayed pages) before
     /// it counts as too slow and is closed (1008), so a reader that stops
     /// reading holds at most this much server memory. At least one relayed
-    /// page must fit.
+    /// page must fit: all its parts are queued at once, a little more than
+    /// `--max-message-bytes` with the frames around them.
     #[arg(long, env = "EPHEMERAL_OUTBOUND_QUEUE_BYTES", default_value_t = 4 * MIB)]
     pub outbound_queue_bytes: usize,
 
@@ -412,17 +414,19 @@ impl Config {
 
     /// Settings that make no sense together, said in words.
     pub fn validate(&self) -> Result<(), String> {
-        if self.outbound_queue_bytes < self.max_message_bytes {
+        let relayed = queued_page_bytes(self.max_message_bytes, self.max_page_bytes);
+        if self.outbound_queue_bytes < relayed {
             return Err(format!(
-                "--outbound-queue-bytes ({}) must hold the largest message, \
-                 --max-message-bytes ({})",
-                self.outbound_queue_bytes, self.max_message_bytes
+                "--outbound-queue-bytes ({}) must hold the largest relayed page in \
+                 its parts, {relayed} bytes with --max-message-bytes ({}) and \
+                 --max-page-bytes ({})",
+                self.outbound_queue_bytes, self.max_message_bytes, self.max_page_bytes
             ));
         }
         if self.max_page_bytes > self.max_message_bytes {
             return Err(format!(
                 "--max-page-bytes ({}) cannot exceed --max-message-bytes ({}): \
-                 a relayed page travels in one message",
+                 a host sends a relayed page in one message",
                 self.max_page_bytes, self.max_message_bytes
             ));
         }
@@ -458,6 +462,24 @@ mod tests {
         let parsed = Config::parse_from(["signal-server"]);
         let default = Config::default();
         assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn the_queue_must_hold_a_whole_relayed_page_in_parts() {
+        let default = Config::default();
+        assert_eq!(default.validate(), Ok(()));
+        assert!(default.outbound_queue_bytes >= 2 * default.max_message_bytes);
+        let tight = Config {
+            outbound_queue_bytes: default.max_message_bytes,
+            ..Config::default()
+        };
+        let refusal = tight.validate().unwrap_err();
+        assert!(refusal.contains("--outbound-queue-bytes"), "{refusal}");
+        let enough = Config {
+            outbound_queue_bytes: queued_page_bytes(MIB * 2, MIB),
+            ..Config::default()
+        };
+        assert_eq!(enough.validate(), Ok(()));
     }
 
     #[test]

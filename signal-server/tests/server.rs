@@ -6,7 +6,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ephemeral_phoenix_client::{Client, Ended, Error, Message, Reply};
+use ephemeral_phoenix_client::{
+    Client, Ended, Error, Message, Options, Reply, next_text, send_text, websocket,
+};
 use ephemeral_shared::selection::Selection;
 use serde_json::{Value, json};
 use signal_server::Config;
@@ -458,6 +460,74 @@ async fn relayed_content_is_checked_then_sent_to_those_who_asked() -> anyhow::Re
     assert!(
         metrics.contains(&format!("ephemeral_relayed_bytes_total {bytes}\n")),
         "{metrics}"
+    );
+    Ok(())
+}
+
+/// A page larger than one part reaches the visitor as `content` frames of
+/// at most 64 KiB, cut on character boundaries, each saying where its
+/// bytes go and how large the page is; read here as the text on the wire.
+#[tokio::test]
+async fn a_relayed_page_reaches_the_visitor_in_parts() -> anyhow::Result<()> {
+    let server = server(Config::default()).await;
+    // Escapes, then 4-byte characters, so that a cut at 64 KiB would fall
+    // inside one.
+    let text = format!("a\"\n{}", "😀".repeat(50_000));
+    let (have, want) = page(&text);
+    let mut host = connect(&server).await?;
+    host.join(&have).await?;
+    let mut visitor = websocket(&server.websocket_url(), Options::default()).await?;
+    send_text(
+        &mut visitor,
+        format!(r#"["7","1","{want}","phx_join",{{}}]"#),
+    )
+    .await?;
+    send_text(
+        &mut visitor,
+        format!(r#"["7","2","{want}","content_request",{{"relay":true}}]"#),
+    )
+    .await?;
+    host.expect_push(&have, "content_request").await?;
+    let Reply { status, response } = host
+        .call(&have, "content", json!({"content": text}))
+        .await?;
+    assert_eq!((status.as_str(), response), ("ok", json!({"delivered": 1})));
+
+    let mut received = String::new();
+    let mut lengths = Vec::new();
+    while received.len() < text.len() {
+        let wire = tokio::time::timeout(support::WAIT, next_text(&mut visitor)).await??;
+        let frame: Value = serde_json::from_str(&wire)?;
+        if frame[3] != "content" {
+            continue;
+        }
+        let part = frame[4]["content"].as_str().unwrap_or_default();
+        let expected = format!(
+            r#"["7",null,"{want}","content",{{"content":{},"offset":{},"size":{}}}]"#,
+            serde_json::to_string(part)?,
+            received.len(),
+            text.len()
+        );
+        assert_eq!(wire, expected, "part {}", lengths.len());
+        lengths.push(part.len());
+        received.push_str(part);
+    }
+    assert!(received == text, "the parts make the page");
+    // The first cut moved back to the start of a character; every part
+    // but the last is as full as a cut allows.
+    assert_eq!(lengths.len(), 4, "{lengths:?}");
+    assert_eq!(lengths[0], 65_535);
+    let (last, full) = lengths.split_last().unwrap();
+    assert!(
+        full.iter().all(|&n| (65_533..=65_536).contains(&n)),
+        "{lengths:?}"
+    );
+    assert!(*last > 0);
+    let (_, _, metrics) = http_get(&server, "/metrics").await;
+    let bytes = text.len();
+    assert!(
+        metrics.contains(&format!("ephemeral_relayed_bytes_total {bytes}\n")),
+        "the page counts once, not per part: {metrics}"
     );
     Ok(())
 }

@@ -137,6 +137,16 @@ impl ChromeDriver {
     /// A new headless Chromium whose profile is `profile`, emptied first:
     /// a separate visitor, sharing nothing with other sessions.
     pub async fn session(&self, profile: &Path) -> Result<Client> {
+        self.session_with(profile, serde_json::Map::new()).await
+    }
+
+    /// [`ChromeDriver::session`] with more W3C capabilities, such as
+    /// `unhandledPromptBehavior`.
+    pub async fn session_with(
+        &self,
+        profile: &Path,
+        more: serde_json::Map<String, Value>,
+    ) -> Result<Client> {
         let _ = std::fs::remove_dir_all(profile);
         std::fs::create_dir_all(profile)
             .with_context(|| format!("cannot create the profile {}", profile.display()))?;
@@ -156,11 +166,12 @@ impl ChromeDriver {
             "--disable-features=WebRtcHideLocalIpsWithMdns",
             &format!("--user-data-dir={}", profile.display()),
         ];
-        let Value::Object(capabilities) = json!({
+        let Value::Object(mut capabilities) = json!({
             "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
         }) else {
             bail!("capabilities are a JSON object");
         };
+        capabilities.extend(more);
         ClientBuilder::new(HttpConnector::new())
             .capabilities(capabilities)
             .connect(&self.url)

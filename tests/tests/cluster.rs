@@ -326,6 +326,54 @@ async fn upload_slots_and_the_queue_hold_across_nodes() {
     assert_eq!(asked.topic, have);
 }
 
+/// A relayed page crosses Redis whole, from the host's node to the page's
+/// home to the visitor's node, which sends it on to the visitor in parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_relayed_across_nodes_reaches_the_visitor_in_parts() {
+    let cluster = cluster(&[]).await;
+    let ids = node_ids(&cluster).await;
+    let long = "relayed across nodes, in parts ".repeat(7_000);
+    let (page, hash) = page_homed_on(ids[2], &ids, &long);
+    let text = String::from_utf8(page).expect("text");
+    let (have, want) = topics(hash);
+    let mut host = raw(&cluster.nodes[0]).await;
+    host.join(&have).await.expect("joins");
+    let mut visitor = raw(&cluster.nodes[1]).await;
+    visitor.join(&want).await.expect("joins");
+    let routed = visitor
+        .call(&want, "content_request", json!({"relay": true}))
+        .await
+        .expect("a reply");
+    assert!(routed.is_ok(), "{routed:?}");
+    host.expect_push(&have, "content_request")
+        .await
+        .expect("the request");
+    let relayed = host
+        .call(&have, "content", json!({"content": text}))
+        .await
+        .expect("a reply");
+    assert_eq!(relayed.response, json!({"delivered": 1}), "{relayed:?}");
+
+    let mut received = String::new();
+    let mut parts = 0;
+    while received.len() < text.len() {
+        let frame = visitor
+            .expect(|f| f.event == "content")
+            .await
+            .expect("a part");
+        assert_eq!(frame.topic, want);
+        let payload = Value::Object(frame.payload);
+        assert_eq!(payload["offset"], json!(received.len()), "part {parts}");
+        assert_eq!(payload["size"], json!(text.len()));
+        let part = payload["content"].as_str().expect("a string");
+        assert!(part.len() <= 64 * 1024, "{} bytes", part.len());
+        received.push_str(part);
+        parts += 1;
+    }
+    assert!(received == text, "the parts make the page");
+    assert_eq!(parts, 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_cross_nodes_only_between_the_two_sides_of_a_page() {
     let cluster = cluster(&[]).await;

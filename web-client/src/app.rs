@@ -20,25 +20,25 @@
 //! pages this tab hosts keep being served; a reload hosts again what the
 //! tab kept ([`Store`]). Only leaving as the last host of a page asks first.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
 use std::time::Duration;
 
-use ephemeral_shared::FetchConfig;
 use ephemeral_shared::client::{Client, ClientConfig, ConnId, Event, Output, RtcEvent};
 use ephemeral_shared::session::Transmit;
+use ephemeral_shared::{FetchConfig, Page};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::Window;
 
 use crate::Listeners;
 use crate::editor::Editor;
+use crate::hashing;
 use crate::page::{self, Format, Route};
 use crate::render::Renderer;
 use crate::rtc::{self, Peers};
 use crate::socket::{Socket, SocketEvent};
-use crate::store::{Kept, Store};
+use crate::store::{Kept, Restored, Store};
 use crate::timer::Timer;
 use crate::ui::{Held, Ui};
 use crate::view::{Delivery, View};
@@ -105,6 +105,8 @@ pub struct App {
     timer: Timer,
     /// DOM callbacks, kept alive for the life of the tab.
     listeners: Listeners,
+    /// A Share whose page is being hashed: pressing again waits for it.
+    sharing: Cell<bool>,
 }
 
 impl App {
@@ -123,7 +125,6 @@ impl App {
         let store = Rc::new(Store::new(&window));
         let editor = Editor::find(&document, store.clone(), MAX_PAGE_BYTES)?;
         let settings = Settings::read(&window);
-        let route = current_route(&window);
         let url = crate::socket::server_url(&window)?;
         let client = Client::new(settings.client(), seed(), now(&window));
         let app = Rc::new_cyclic(|me: &Weak<App>| {
@@ -149,21 +150,40 @@ impl App {
                 peers,
                 timer,
                 listeners: Listeners::default(),
+                sharing: Cell::new(false),
             }
         });
-        // A tab opened by "Edit a copy" starts from that page.
-        app.editor.load(app.store.take_copy());
-        app.host_kept();
         app.listen()?;
-        app.go(route);
+        let me = Rc::downgrade(&app);
+        app.store.on_unkept(Rc::new(move |hash| {
+            with(&me, |a| {
+                a.ui.borrow_mut().set_kept(hash, false);
+                a.carry_out();
+            })
+        }));
+        // Nothing is shown or fetched before what the tab kept is back:
+        // the address may name a page it hosts. A tab opened by "Edit a
+        // copy" gets that page as its draft.
+        let me = Rc::downgrade(&app);
+        let store = app.store.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let restored = store.restore().await;
+            with(&me, |a| a.resume(restored));
+        });
         Ok(app)
     }
 
+    /// Takes up what the tab kept, then shows the address it is at.
+    fn resume(&self, restored: Restored) {
+        self.editor.load(restored.draft);
+        self.host_kept(restored.pages);
+        self.go(current_route(&self.window));
+    }
+
     /// Hosts again every page this tab kept before a reload.
-    fn host_kept(&self) {
-        for (kept, text) in self.store.hosted() {
-            let page: Arc<[u8]> = Arc::from(text.into_bytes());
-            let hash = self.client.borrow_mut().share(page);
+    fn host_kept(&self, pages: Vec<(Kept, Vec<u8>)>) {
+        for (kept, bytes) in pages {
+            let hash = self.client.borrow_mut().share(Page::new(bytes));
             if hash != kept.hash {
                 // Not what was kept under that name: never serve it.
                 self.client.borrow_mut().unshare(hash);
@@ -225,7 +245,7 @@ impl App {
         let window = self.window.clone();
         let app = Rc::downgrade(self);
         self.listeners
-            .on(share.as_ref(), "click", move |_| with(&app, |a| a.share()))?;
+            .on(share.as_ref(), "click", move |_| App::share(&app))?;
         // Ctrl+Enter (⌘+Enter) shares from the editor, as in most editors.
         let app = Rc::downgrade(self);
         self.listeners
@@ -235,7 +255,7 @@ impl App {
                 };
                 if key.key() == "Enter" && (key.ctrl_key() || key.meta_key()) {
                     key.prevent_default();
-                    with(&app, |a| a.share());
+                    App::share(&app);
                 }
             })?;
         let app = Rc::downgrade(self);
@@ -326,14 +346,33 @@ impl App {
 
     // ---- inputs ----
 
-    /// Share: host the page, move to its address, and put the focus on its
-    /// link, ready to copy.
-    fn share(&self) {
-        let Some(text) = self.editor.page() else {
+    /// Share: hash the page, then [`App::host_shared`].
+    fn share(app: &Weak<App>) {
+        let Some(me) = app.upgrade() else {
             return;
         };
-        let format = self.editor.format();
-        let page: Arc<[u8]> = Arc::from(text.into_bytes());
+        if me.sharing.get() {
+            return;
+        }
+        let Some(text) = me.editor.page() else {
+            return;
+        };
+        let format = me.editor.format();
+        me.sharing.set(true);
+        let app = app.clone();
+        // Hashed in slices: the tab keeps drawing and answering meanwhile.
+        wasm_bindgen_futures::spawn_local(async move {
+            let page = hashing::page(text.into_bytes()).await;
+            with(&app, |a| {
+                a.sharing.set(false);
+                a.host_shared(page, format);
+            });
+        });
+    }
+
+    /// Hosts the page shared, moves to its address, and puts the focus on
+    /// its link, ready to copy.
+    fn host_shared(&self, page: Page, format: Format) {
         let hash = self.client.borrow_mut().share(page.clone());
         let kept = self.store.keep(
             Kept {
@@ -395,7 +434,7 @@ impl App {
             return;
         };
         if !self.store.mark_copy(hash, format) {
-            warn("this page is too large to copy into a new tab");
+            warn("this page is not kept in this tab: the new tab starts empty");
         }
         let _ = self.window.open_with_url_and_target("/", "_blank");
         self.store.unmark_copy();

@@ -82,15 +82,8 @@ impl Editor {
         Ok(editor)
     }
 
-    /// Loads the draft kept by this tab, or `draft` instead when given.
-    pub fn load(&self, draft: Option<(String, Format)>) {
-        let (text, format) = match draft {
-            Some(draft) => {
-                self.store.keep_draft(&draft.0, draft.1);
-                draft
-            }
-            None => self.store.draft(),
-        };
+    /// Puts the tab's draft (see [`Store::restore`]) in the editor.
+    pub fn load(&self, (text, format): (String, Format)) {
         self.textarea.set_value(&text);
         self.set_format(format);
         self.edited();
@@ -101,7 +94,12 @@ impl Editor {
     }
 
     pub fn text(&self) -> String {
-        self.textarea.value()
+        // Read raw and encoded by the browser: a page can be 16 MiB, and
+        // this runs on every keystroke.
+        js_sys::Reflect::get(&self.textarea, &JsValue::from_str("value")).map_or_else(
+            |_| self.textarea.value(),
+            |value| crate::utf8::string(&value),
+        )
     }
 
     pub fn set_error(&self, text: &str) {
@@ -121,7 +119,7 @@ impl Editor {
             return None;
         }
         self.set_error("");
-        self.save_draft();
+        self.store.keep_draft(&text, self.format());
         Some(text)
     }
 

@@ -26,12 +26,23 @@
 //! - [`render`]: a page on screen: Text with clickable links, Markdown and
 //!   HTML in a sandboxed frame, or its source.
 //! - [`editor`]: the editor: format, Write / Preview, size, images, draft.
-//! - [`store`]: what the tab keeps across reloads: hosted pages, the draft.
+//! - [`hashing`]: hashing a page the author shares in slices, so the tab
+//!   keeps answering.
+//! - [`utf8`]: large JS strings (the editor's text) into Rust quickly.
+//! - [`store`]: what the tab keeps across reloads: hosted pages, the draft,
+//!   in `sessionStorage` or, when larger, on [`disk`].
+//! - [`disk`]: IndexedDB entries under the tab's id, and the sweep that
+//!   removes them once the tab is gone ([`idb`]: the database; [`locks`]:
+//!   Web Locks, how a live tab is told from a gone one).
 //!
 //! [`Client`]: ephemeral_shared::client::Client
 
 pub mod app;
+pub mod disk;
 pub mod editor;
+pub mod hashing;
+pub mod idb;
+pub mod locks;
 pub mod page;
 pub mod render;
 pub mod rtc;
@@ -40,6 +51,7 @@ pub mod status;
 pub mod store;
 pub mod timer;
 pub mod ui;
+pub mod utf8;
 pub mod view;
 
 use wasm_bindgen::JsCast;

@@ -16,6 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 
+use ephemeral_shared::Page;
 use ephemeral_shared::client::{ConnId, RtcEvent, Side};
 use ephemeral_shared::path::Path;
 use ephemeral_shared::protocol::{IceServer, SignalBody};
@@ -107,7 +108,7 @@ impl Peers {
 
     /// Sends the page over the open channel, then reports
     /// [`RtcEvent::Sent`].
-    pub fn send_page(&self, conn: ConnId, page: &[u8]) {
+    pub fn send_page(&self, conn: ConnId, page: &Page) {
         if let Some(link) = self.link(conn) {
             link.send_page(page);
         }
@@ -169,8 +170,9 @@ pub struct PeerLink {
     applying: Cell<bool>,
     /// The largest message the remote accepts, from its SDP.
     message_size: Cell<usize>,
-    /// Chunks of the page still to send (offer side), while sending.
-    outbox: RefCell<Option<VecDeque<Vec<u8>>>>,
+    /// The page being sent (offer side) and its next chunk; each chunk is
+    /// made when the channel has room, so no copy of the page waits here.
+    outbox: RefCell<Option<(Page, u32)>>,
     closed: Cell<bool>,
     report: RtcHandler,
     /// Keeps the JS callbacks alive exactly as long as the connection,
@@ -245,7 +247,7 @@ impl PeerLink {
     }
 
     /// Offer side: sends the page over the open channel.
-    pub fn send_page(&self, page: &[u8]) {
+    pub fn send_page(&self, page: &Page) {
         let sender = TransferSender::new(page, self.message_size.get());
         let Some(channel) = self.channel.borrow().clone() else {
             self.fail("asked to send before the channel opened");
@@ -255,7 +257,7 @@ impl PeerLink {
             self.fail("could not send the page");
             return;
         }
-        *self.outbox.borrow_mut() = Some(sender.chunks().collect());
+        *self.outbox.borrow_mut() = Some((page.clone(), 0));
         self.pump();
     }
 
@@ -283,7 +285,11 @@ impl PeerLink {
             }
             let next = match self.outbox.borrow_mut().as_mut() {
                 None => return,
-                Some(outbox) => outbox.pop_front(),
+                Some((page, seq)) => {
+                    let chunk = TransferSender::new(page, self.message_size.get()).chunk(*seq);
+                    *seq += 1;
+                    chunk
+                }
             };
             let Some(chunk) = next else {
                 *self.outbox.borrow_mut() = None;

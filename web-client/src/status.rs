@@ -128,7 +128,7 @@ fn hosting_words(situation: &Situation, offline: Option<&str>) -> String {
     let fragile = if situation.kept {
         ""
     } else {
-        " It is too large to be kept across a reload of this tab."
+        " This tab could not store it, so reloading the tab would stop hosting it."
     };
     format!("{got}{doing}{fragile}")
 }
@@ -247,7 +247,7 @@ mod tests {
         assert!(
             describe(&fragile)
                 .1
-                .contains("too large to be kept across a reload")
+                .contains("reloading the tab would stop hosting it")
         );
     }
 

@@ -392,7 +392,8 @@ impl Ui {
     }
 }
 
-/// The progress bar for a fetch: bytes over WebRTC, waiting otherwise.
+/// The progress bar for a fetch: bytes once they arrive, peer to peer or
+/// in parts through the relay; waiting before.
 fn progress(fetch: Option<(Phase, Option<(usize, usize)>)>) -> Progress {
     match fetch {
         None => Progress::Hidden,
@@ -400,6 +401,12 @@ fn progress(fetch: Option<(Phase, Option<(usize, usize)>)>) -> Progress {
             received,
             total,
             relay: false,
+        },
+        // Relayed parts may still be arriving after the fetch asked again.
+        Some((Phase::Relaying(_) | Phase::Asking, Some((received, total)))) => Progress::Bytes {
+            received,
+            total,
+            relay: true,
         },
         Some((phase, _)) if phase.is_finished() => Progress::Hidden,
         Some((Phase::Relaying(_), _)) => Progress::Waiting("through the server (relay)"),
@@ -421,4 +428,37 @@ fn join_refused(refusal: &Refusal) -> String {
 
 fn debug(line: &str) {
     web_sys::console::debug_1(&JsValue::from_str(line));
+}
+
+#[cfg(test)]
+mod tests {
+    use ephemeral_shared::PeerId;
+
+    use super::*;
+
+    #[test]
+    fn relayed_bytes_show_as_bytes_like_webrtc_and_say_relay() {
+        let host = PeerId::from_random(7);
+        let bytes = |relay| Progress::Bytes {
+            received: 100,
+            total: 400,
+            relay,
+        };
+        let relaying = Some((Phase::Relaying(host), Some((100, 400))));
+        assert_eq!(progress(relaying), bytes(true));
+        let receiving = Some((Phase::Receiving(host), Some((100, 400))));
+        assert_eq!(progress(receiving), bytes(false));
+        assert_eq!(
+            progress(Some((Phase::Asking, Some((100, 400))))),
+            bytes(true)
+        );
+        assert_eq!(
+            progress(Some((Phase::Relaying(host), None))),
+            Progress::Waiting("through the server (relay)")
+        );
+        assert_eq!(
+            progress(Some((Phase::Delivered(Transport::Relay), None))),
+            Progress::Hidden
+        );
+    }
 }

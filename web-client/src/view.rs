@@ -62,8 +62,8 @@ pub enum Delivery {
 pub enum Progress {
     /// Nothing to show.
     Hidden,
-    /// Under way, amount unknown: asking, connecting, or waiting for a
-    /// relayed page (which arrives in one message); the words say which.
+    /// Under way, no bytes yet: asking, connecting, or waiting for a
+    /// relayed page's first part; the words say which.
     Waiting(&'static str),
     /// Bytes received of the total, and which way.
     Bytes {

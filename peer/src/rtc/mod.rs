@@ -42,6 +42,7 @@ use negotiation::apply_signals;
 pub use negotiation::is_mdns_candidate;
 
 use bytes::BytesMut;
+use ephemeral_shared::Page;
 use ephemeral_shared::path::Path;
 use ephemeral_shared::protocol::{IceServer, SignalBody};
 use ephemeral_shared::transfer::{MAX_MESSAGE_BYTES, TransferSender, message_size_for};
@@ -380,7 +381,7 @@ impl Session {
 
     /// Sends a whole page: its header, then its chunks sized for a remote
     /// that accepts `message_size`-byte messages.
-    pub async fn send_page(&self, page: &[u8], message_size: usize) -> Result<(), RtcError> {
+    pub async fn send_page(&self, page: &Page, message_size: usize) -> Result<(), RtcError> {
         let sender = TransferSender::new(page, message_size);
         self.send_text(&sender.header()).await?;
         for chunk in sender.chunks() {

@@ -5,7 +5,6 @@
 //! server's reply names it, one peer connection per fetch (a new offer
 //! replaces it), timings, and the end — host before leaving `want:`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -14,9 +13,10 @@ use super::{Client, ConnId, Delivered, Event, FetchError, RtcEvent, Side, StartE
 use crate::fetch::{Fetch, FetchAction, Phase, Transport};
 use crate::frame::event;
 use crate::hash::PageHash;
+use crate::page::Page;
 use crate::path::Path;
 use crate::protocol::{
-    Content, ContentRequest, ContentUnavailableFrom, PeerId, Reason, RequestRouted, SignalBody,
+    ContentPart, ContentRequest, ContentUnavailableFrom, PeerId, Reason, RequestRouted, SignalBody,
     SignalFrom,
 };
 use crate::session::Refusal;
@@ -99,7 +99,7 @@ impl Client {
     }
 
     /// Where a fetch stands: its phase, and bytes received of the announced
-    /// size while receiving over WebRTC.
+    /// size while a page arrives, over WebRTC or through the relay.
     pub fn fetch_progress(&self, hash: PageHash) -> Option<(Phase, Option<(usize, usize)>)> {
         let run = self.fetches.get(&hash)?;
         Some((run.fetch.phase(), run.fetch.progress()))
@@ -156,9 +156,10 @@ impl Client {
         self.drive(hash, now);
     }
 
-    pub(super) fn on_relay_content(&mut self, hash: PageHash, content: Content, now: Duration) {
+    pub(super) fn on_relay_part(&mut self, hash: PageHash, part: ContentPart, now: Duration) {
+        let max_relay = self.status.max_relay_bytes;
         if let Some(run) = self.fetches.get_mut(&hash) {
-            run.fetch.on_relay_content(&content.content, now);
+            run.fetch.on_relay_part(&part, max_relay, now);
             self.drive(hash, now);
         }
     }
@@ -335,7 +336,7 @@ impl Client {
     fn deliver(
         &mut self,
         hash: PageHash,
-        page: Vec<u8>,
+        page: Page,
         transport: Transport,
         host: Option<PeerId>,
         now: Duration,
@@ -369,7 +370,7 @@ impl Client {
         // slot on the leave, and the queued visitors it then routes should
         // find this new host already there.
         if run.host_after {
-            self.host(Arc::from(delivered.page.as_slice()), path);
+            self.host(delivered.page.clone(), path);
         }
         self.session.leave(Topic::want(hash));
         self.flush();

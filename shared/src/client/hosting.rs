@@ -5,7 +5,6 @@
 //! that end abandoned uploads.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Client, ClientConfig, ConnId, Event, Output, RtcEvent, Side, Tag};
@@ -13,6 +12,7 @@ use crate::fetch::Transport;
 use crate::frame::event;
 use crate::hash::PageHash;
 use crate::host::{HostAction, Uploads, fits_relay};
+use crate::page::Page;
 use crate::path::Path;
 use crate::protocol::{Content, ContentUnavailable, HostRequest, JoinPayload, SignalFrom};
 use crate::session::Refusal;
@@ -21,7 +21,7 @@ use crate::topic::Topic;
 /// A page this peer hosts.
 #[derive(Debug)]
 pub(super) struct Hosted {
-    page: Arc<[u8]>,
+    page: Page,
     uploads: Uploads,
     /// WebRTC uploads under way, by visitor.
     active: HashMap<crate::protocol::PeerId, Upload>,
@@ -56,8 +56,8 @@ impl Client {
     /// Hosts a page; returns its address. [`Event::Hosting`] follows once
     /// the server has accepted this peer as a host (at once if it already
     /// had).
-    pub fn share(&mut self, page: Arc<[u8]>) -> PageHash {
-        let hash = PageHash::of(&page);
+    pub fn share(&mut self, page: Page) -> PageHash {
+        let hash = page.hash();
         if self.is_hosting(hash) {
             self.emit(Event::Hosting(hash));
         } else {
@@ -72,7 +72,7 @@ impl Client {
     }
 
     /// The bytes of a page this peer hosts.
-    pub fn hosted_page(&self, hash: PageHash) -> Option<Arc<[u8]>> {
+    pub fn hosted_page(&self, hash: PageHash) -> Option<Page> {
         self.hosted.get(&hash).map(|h| h.page.clone())
     }
 
@@ -91,8 +91,8 @@ impl Client {
 
     /// Starts hosting; `path` says which way the page came, told to the
     /// server on the first join so it can count fetches by path.
-    pub(super) fn host(&mut self, page: Arc<[u8]>, path: Option<Path>) {
-        let hash = PageHash::of(&page);
+    pub(super) fn host(&mut self, page: Page, path: Option<Path>) {
+        let hash = page.hash();
         if self.hosted.contains_key(&hash) {
             return;
         }

@@ -26,12 +26,12 @@ mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fetch::{FetchConfig, FetchFailure, Transport};
 use crate::frame::event;
 use crate::hash::PageHash;
+use crate::page::Page;
 use crate::path::Path;
 use crate::protocol::{IceServer, JoinReply, PeerId, SignalBody, VisitorsCount};
 use crate::session::{LinkLoss, Refusal, Session, SessionConfig, SessionEvent, Transmit};
@@ -131,7 +131,7 @@ pub enum Output {
     /// Send the page over the open channel, then report [`RtcEvent::Sent`].
     SendPage {
         conn: ConnId,
-        page: Arc<[u8]>,
+        page: Page,
     },
     /// Close the peer connection and forget it; asked for every connection
     /// the core opened, also after it reported [`RtcEvent::Closed`]. No
@@ -198,7 +198,8 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
     pub hash: PageHash,
-    pub page: Vec<u8>,
+    /// Verified as it arrived, and not hashed again.
+    pub page: Page,
     pub transport: Transport,
     /// Direct, through TURN, or the server's relay; `None` while WebRTC's
     /// stats have not said ([`Event::PathKnown`] follows then).
@@ -496,7 +497,7 @@ impl Client {
                 Err(error) => self.ignored(hash, error),
             },
             (Role::Want, event::CONTENT) => match frame.payload_as() {
-                Ok(content) => self.on_relay_content(hash, content, now),
+                Ok(part) => self.on_relay_part(hash, part, now),
                 Err(error) => self.ignored(hash, error),
             },
             (Role::Want, event::CONTENT_UNAVAILABLE) => match frame.payload_as() {

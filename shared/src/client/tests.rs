@@ -2,7 +2,6 @@
 //! and answered by hand, time is a number, so reconnects, heartbeats and
 //! upload timeouts run in microseconds.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -10,10 +9,16 @@ use serde_json::{Map, Value, json};
 use super::*;
 use crate::fetch::Phase;
 use crate::frame::Frame;
+use crate::hash::bytes_hashed;
 use crate::protocol::{Reason, SignalFrom};
+use crate::relay::RelayError;
 use crate::transfer::TransferSender;
 
 const PAGE: &[u8] = b"a page";
+
+fn page() -> Page {
+    Page::new(PAGE.to_vec())
+}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -164,7 +169,7 @@ impl Harness {
 
     /// Shares [`PAGE`] and has the server accept it.
     fn hosting(&mut self) -> Frame {
-        self.client.share(Arc::from(PAGE));
+        self.client.share(page());
         self.drain();
         let join = self.take_sent(event::JOIN);
         self.accept_join(&join);
@@ -434,7 +439,8 @@ fn a_page_over_webrtc_is_verified_hosted_and_then_want_is_left() {
     h.client.on_rtc(conn, RtcEvent::Open, h.now);
     h.client
         .on_rtc(conn, RtcEvent::Path(Some(Path::Direct)), h.now);
-    let sender = TransferSender::new(PAGE, 4);
+    let page = page();
+    let sender = TransferSender::new(&page, 4);
     h.client
         .on_rtc(conn, RtcEvent::Text(sender.header()), h.now);
     for chunk in sender.chunks() {
@@ -462,10 +468,59 @@ fn a_page_over_webrtc_is_verified_hosted_and_then_want_is_left() {
         _ => None,
     });
     let delivered = delivered.expect("delivered");
-    assert_eq!(delivered.page, PAGE);
+    assert_eq!(delivered.page.bytes(), PAGE);
     assert_eq!(delivered.path, Some(Path::Direct));
     assert_eq!(delivered.channel_open, Some(ms(20)));
     assert_eq!(delivered.requests, 1);
+}
+
+/// Verified as it arrives, then hosted and served to the next visitor:
+/// each byte is hashed once on the way, never again to host or serve it.
+#[test]
+fn a_fetched_page_is_hashed_once_from_arrival_to_serving_it() {
+    let mut h = Harness::new();
+    let (join, request) = h.fetching();
+    let host = peer(2);
+    h.reply(&request, "ok", json!({"host": host}));
+    h.push(&join, event::SIGNAL, signal(host, offer()));
+    let conn = opened(&h.take_rtc())[0];
+    h.client.on_rtc(conn, RtcEvent::Open, h.now);
+    let sent = page();
+    let sender = TransferSender::new(&sent, 4);
+    let before = bytes_hashed();
+    h.client
+        .on_rtc(conn, RtcEvent::Text(sender.header()), h.now);
+    for chunk in sender.chunks() {
+        h.client.on_rtc(conn, RtcEvent::Binary(chunk), h.now);
+    }
+    h.drain();
+    assert!(
+        h.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Delivered(d) if d.page.bytes() == PAGE))
+    );
+    let have = h.take_sent(event::JOIN);
+    h.accept_join(&have);
+    assert!(h.client.is_hosting(sent.hash()));
+
+    let visitor = peer(5);
+    h.push(
+        &have,
+        event::CONTENT_REQUEST,
+        json!({"from": visitor, "relay": false}),
+    );
+    let upload = opened(&h.take_rtc())[0];
+    h.client.on_rtc(upload, RtcEvent::Open, h.now);
+    h.drain();
+    let served = h.take_rtc().into_iter().find_map(|output| match output {
+        Output::SendPage { page, .. } => Some(page),
+        _ => None,
+    });
+    let served = served.expect("the page is sent to the visitor");
+    let header: crate::transfer::TransferHeader =
+        serde_json::from_str(&TransferSender::new(&served, 4).header()).expect("a header");
+    assert_eq!(header.hash, sent.hash());
+    assert_eq!(bytes_hashed() - before, PAGE.len());
 }
 
 #[test]
@@ -477,7 +532,8 @@ fn a_path_known_only_after_delivery_is_still_reported() {
     h.push(&join, event::SIGNAL, signal(host, offer()));
     let conn = opened(&h.take_rtc())[0];
     h.client.on_rtc(conn, RtcEvent::Open, h.now);
-    let sender = TransferSender::new(PAGE, 1024);
+    let page = page();
+    let sender = TransferSender::new(&page, 1024);
     h.client
         .on_rtc(conn, RtcEvent::Text(sender.header()), h.now);
     for chunk in sender.chunks() {
@@ -590,13 +646,7 @@ fn an_upload_is_offered_sent_once_open_and_delivered_when_the_visitor_closes() {
     );
     h.client.on_rtc(conn, RtcEvent::Open, h.now);
     h.drain();
-    assert_eq!(
-        h.take_rtc(),
-        [Output::SendPage {
-            conn,
-            page: Arc::from(PAGE)
-        }]
-    );
+    assert_eq!(h.take_rtc(), [Output::SendPage { conn, page: page() }]);
     h.client.on_rtc(conn, RtcEvent::Sent, h.now);
     h.client
         .on_rtc(conn, RtcEvent::Closed("done".into()), h.now);
@@ -692,7 +742,7 @@ fn relay_requests_are_answered_with_the_page_or_its_size() {
 
     // A page over the server's relay limit (1000 bytes in these replies).
     let big = vec![b'x'; 2000];
-    h.client.share(Arc::from(big.as_slice()));
+    h.client.share(Page::new(big));
     h.drain();
     let join = h.take_sent(event::JOIN);
     h.accept_join(&join);
@@ -731,7 +781,7 @@ fn unsharing_ends_uploads_and_leaves_have() {
 #[test]
 fn shutdown_ends_fetches_closes_everything_and_never_reconnects() {
     let mut h = Harness::new();
-    h.client.share(Arc::from(&b"another page"[..]));
+    h.client.share(Page::new(b"another page".to_vec()));
     let (join, request) = h.fetching();
     let host = peer(2);
     h.reply(&request, "ok", json!({"host": host}));
@@ -748,4 +798,210 @@ fn shutdown_ends_fetches_closes_everything_and_never_reconnects() {
     h.socket.clear();
     h.run_until(h.now + Duration::from_secs(3600));
     assert!(h.socket.is_empty());
+}
+
+// ---- a relayed page in parts ----
+
+/// 600 bytes, relayed in parts of 200: the server's parts are 64 KiB, but
+/// the harness's server relays pages up to 1000 bytes.
+fn parted() -> String {
+    "relayed ✓ ".repeat(50)
+}
+
+fn part(text: &str, offset: usize, len: usize, size: usize) -> Value {
+    json!({"content": &text[offset..offset + len], "offset": offset, "size": size})
+}
+
+/// Starts fetching `text` with the request routed to `host`; the join.
+fn fetching_routed(h: &mut Harness, text: &str, host: PeerId) -> Frame {
+    h.client
+        .fetch(PageHash::of(text.as_bytes()), true, h.now)
+        .expect("a new fetch");
+    h.drain();
+    let join = h.take_sent(event::JOIN);
+    h.accept_join(&join);
+    let request = h.take_sent(event::CONTENT_REQUEST);
+    h.reply(&request, "ok", json!({"host": host}));
+    h.take_events();
+    join
+}
+
+#[test]
+fn relayed_parts_show_bytes_as_they_come_then_the_verified_page() {
+    let mut h = Harness::new();
+    let text = parted();
+    let hash = PageHash::of(text.as_bytes());
+    let host = peer(5);
+    let join = fetching_routed(&mut h, &text, host);
+    // The request asked for WebRTC; the busy host answers by relay.
+    assert_eq!(
+        h.client.fetch_progress(hash),
+        Some((Phase::Connecting(host), None))
+    );
+    for offset in [0, 200] {
+        h.push(&join, event::CONTENT, part(&text, offset, 200, 600));
+        assert_eq!(h.take_events(), [Event::Progress(hash)]);
+        assert_eq!(
+            h.client.fetch_progress(hash),
+            Some((Phase::Relaying(host), Some((offset + 200, 600))))
+        );
+    }
+    h.push(&join, event::CONTENT, part(&text, 400, 200, 600));
+    let delivered = h.take_events().into_iter().find_map(|e| match e {
+        Event::Delivered(d) => Some(d),
+        _ => None,
+    });
+    let delivered = delivered.expect("delivered");
+    assert_eq!(delivered.page.bytes(), text.as_bytes());
+    assert_eq!(delivered.transport, Transport::Relay);
+    assert_eq!(delivered.path, Some(Path::Relay));
+    assert_eq!(delivered.host, Some(host));
+    assert_eq!(h.sent[0].payload["path"], json!("relay"));
+    assert_eq!(h.client.fetch_progress(hash), None);
+}
+
+#[test]
+fn relayed_parts_that_do_not_follow_on_end_the_fetch_with_why() {
+    let text = parted();
+    let first = part(&text, 0, 200, 600);
+    let cases = [
+        (
+            vec![part(&text, 200, 200, 600)],
+            RelayError::Gap {
+                expected: 0,
+                got: 200,
+            },
+        ),
+        (
+            vec![first.clone(), part(&text, 400, 200, 600)],
+            RelayError::Gap {
+                expected: 200,
+                got: 400,
+            },
+        ),
+        (
+            vec![first.clone(), part(&text, 100, 200, 600)],
+            RelayError::Overlap {
+                expected: 200,
+                got: 100,
+            },
+        ),
+        (
+            vec![first.clone(), part(&text, 200, 200, 700)],
+            RelayError::SizeChanged {
+                announced: 600,
+                now: 700,
+            },
+        ),
+        (
+            vec![first.clone(), part(&text, 200, 400, 500)],
+            RelayError::SizeChanged {
+                announced: 600,
+                now: 500,
+            },
+        ),
+        (
+            vec![part(&text, 0, 200, 300), part(&text, 200, 200, 300)],
+            RelayError::PastSize {
+                end: 400,
+                size: 300,
+            },
+        ),
+        (
+            // Over the 1000 bytes the join reply said the server relays.
+            vec![part(&text, 0, 200, 2000)],
+            RelayError::OverRelayLimit {
+                size: 2000,
+                max: 1000,
+            },
+        ),
+    ];
+    for (parts, expected) in cases {
+        let mut h = Harness::new();
+        let hash = PageHash::of(text.as_bytes());
+        let join = fetching_routed(&mut h, &text, peer(5));
+        for part in parts {
+            h.push(&join, event::CONTENT, part);
+        }
+        let ended = h.take_events().into_iter().find_map(|e| match e {
+            Event::FetchEnded { hash: ended, error } if ended == hash => Some(error),
+            _ => None,
+        });
+        assert_eq!(
+            ended,
+            Some(FetchError::Failed(FetchFailure::BadRelay(expected)))
+        );
+        assert_eq!(h.take_sent(event::LEAVE).topic, join.topic);
+        assert_eq!(h.client.fetch_progress(hash), None);
+    }
+}
+
+#[test]
+fn a_relayed_part_with_unknown_fields_is_refused_and_what_follows_is_a_gap() {
+    let mut h = Harness::new();
+    let text = parted();
+    let join = fetching_routed(&mut h, &text, peer(5));
+    let mut extra = part(&text, 0, 200, 600);
+    extra["from"] = json!(peer(5));
+    h.push(&join, event::CONTENT, extra);
+    assert!(matches!(&h.take_events()[..], [Event::Ignored { what, .. }] if what.contains("from")));
+    h.push(&join, event::CONTENT, part(&text, 200, 200, 600));
+    let ended = h.take_events().into_iter().find_map(|e| match e {
+        Event::FetchEnded { error, .. } => Some(error.to_string()),
+        _ => None,
+    });
+    assert_eq!(
+        ended.as_deref(),
+        Some(
+            "the server's relay sent the page malformed: a part starts at byte 200, but 0 bytes had arrived"
+        )
+    );
+}
+
+#[test]
+fn a_relayed_page_over_this_peers_limit_fails_on_its_first_part() {
+    let mut config = ClientConfig::default();
+    config.fetch.max_page_bytes = 500;
+    let mut h = Harness::with(config);
+    let text = parted();
+    let join = fetching_routed(&mut h, &text, peer(5));
+    h.push(&join, event::CONTENT, part(&text, 0, 200, 600));
+    assert!(h.take_events().contains(&Event::FetchEnded {
+        hash: PageHash::of(text.as_bytes()),
+        error: FetchError::Failed(FetchFailure::PageTooLarge {
+            size: 600,
+            max: 500
+        }),
+    }));
+}
+
+#[test]
+fn a_relayed_page_under_way_is_dropped_with_the_link() {
+    let mut h = Harness::new();
+    let text = parted();
+    let hash = PageHash::of(text.as_bytes());
+    let join = fetching_routed(&mut h, &text, peer(5));
+    h.push(&join, event::CONTENT, part(&text, 0, 200, 600));
+    h.client.on_disconnected(h.now);
+    h.drain();
+    h.run_until(h.now + ms(100));
+    h.client.on_connected(h.now);
+    h.drain();
+    let rejoin = h.take_sent(event::JOIN);
+    h.accept_join(&rejoin);
+    let again = h.take_sent(event::CONTENT_REQUEST);
+    h.reply(&again, "ok", json!({"host": peer(6)}));
+    assert_eq!(
+        h.client.fetch_progress(hash),
+        Some((Phase::Connecting(peer(6)), None))
+    );
+    // The new host's page starts from the start, on the new link.
+    for offset in [0, 200, 400] {
+        h.push(&rejoin, event::CONTENT, part(&text, offset, 200, 600));
+    }
+    assert!(
+        h.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Delivered(d) if d.page.bytes() == text.as_bytes()))
+    );
 }

@@ -6,6 +6,10 @@ use crate::transfer::TransferSender;
 const PAGE: &[u8] = "a page ✓".as_bytes();
 const MS: Duration = Duration::from_millis(1);
 
+fn page() -> Page {
+    Page::new(PAGE.to_vec())
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -31,8 +35,16 @@ fn start() -> Fetch {
     fetch
 }
 
+/// Every part of `text`, as the server relays it.
+fn relay(fetch: &mut Fetch, text: &str, now: Duration) {
+    for part in crate::relay::parts(text) {
+        fetch.on_relay_part(&part, None, now);
+    }
+}
+
 fn send_page(fetch: &mut Fetch, page: &[u8], now: Duration) {
-    let sender = TransferSender::new(page, 5);
+    let page = Page::new(page.to_vec());
+    let sender = TransferSender::new(&page, 5);
     fetch.on_channel_text(&sender.header(), now);
     for chunk in sender.chunks() {
         fetch.on_channel_binary(&chunk, now);
@@ -52,7 +64,7 @@ fn happy_path_over_webrtc() {
         [
             FetchAction::CloseRtc(host(1)),
             FetchAction::Delivered {
-                page: PAGE.to_vec(),
+                page: page(),
                 transport: Transport::WebRtc,
                 host: Some(host(1)),
             },
@@ -83,11 +95,11 @@ fn rtc_timeout_falls_back_to_relay_from_the_same_host() {
     );
     fetch.on_routed(host(1), secs(6));
     assert_eq!(fetch.phase(), Phase::Relaying(host(1)));
-    fetch.on_relay_content(std::str::from_utf8(PAGE).unwrap(), secs(6));
+    relay(&mut fetch, std::str::from_utf8(PAGE).unwrap(), secs(6));
     assert_eq!(
         drain(&mut fetch),
         [FetchAction::Delivered {
-            page: PAGE.to_vec(),
+            page: page(),
             transport: Transport::Relay,
             host: Some(host(1)),
         }]
@@ -113,6 +125,7 @@ fn wrong_bytes_exclude_the_host_and_ask_another() {
     let mut forged = PAGE.to_vec();
     forged[0] ^= 0x20;
     // The forger claims the right hash in its header.
+    let forged = Page::new(forged);
     let sender = TransferSender::new(&forged, 5);
     let header = format!(
         r#"{{"hash":"{}","size":{}}}"#,
@@ -157,7 +170,8 @@ fn host_vanishing_mid_transfer_is_replaced() {
     let mut fetch = start();
     fetch.on_routed(host(1), MS);
     fetch.on_channel_open(MS);
-    let sender = TransferSender::new(PAGE, 5);
+    let page = page();
+    let sender = TransferSender::new(&page, 5);
     fetch.on_channel_text(&sender.header(), MS);
     fetch.on_channel_binary(&sender.chunks().next().unwrap(), MS);
     assert_eq!(fetch.progress(), Some((1, PAGE.len())));
@@ -173,7 +187,8 @@ fn a_stalled_transfer_times_out_but_a_flowing_one_does_not() {
     let mut fetch = start();
     fetch.on_routed(host(1), Duration::ZERO);
     fetch.on_channel_open(Duration::ZERO);
-    let sender = TransferSender::new(PAGE, 5);
+    let page = page();
+    let sender = TransferSender::new(&page, 5);
     fetch.on_channel_text(&sender.header(), secs(4));
     fetch.on_tick(secs(8));
     assert!(
@@ -211,7 +226,7 @@ fn relayed_content_is_verified() {
     let mut fetch = Fetch::new(PageHash::of(PAGE), config, Duration::ZERO);
     drain(&mut fetch);
     fetch.on_routed(host(1), Duration::ZERO);
-    fetch.on_relay_content("not the page", MS);
+    relay(&mut fetch, "not the page", MS);
     assert_eq!(drain(&mut fetch), [request(true, &[host(1)])]);
     assert_eq!(fetch.phase(), Phase::Asking);
 }
@@ -220,15 +235,15 @@ fn relayed_content_is_verified() {
 fn someone_elses_relay_completes_a_webrtc_fetch() {
     let mut fetch = start();
     fetch.on_routed(host(1), MS);
-    fetch.on_relay_content("unrelated", MS);
+    relay(&mut fetch, "unrelated", MS);
     assert!(drain(&mut fetch).is_empty(), "a wrong broadcast is ignored");
-    fetch.on_relay_content(std::str::from_utf8(PAGE).unwrap(), MS);
+    relay(&mut fetch, std::str::from_utf8(PAGE).unwrap(), MS);
     assert_eq!(
         drain(&mut fetch),
         [
             FetchAction::CloseRtc(host(1)),
             FetchAction::Delivered {
-                page: PAGE.to_vec(),
+                page: page(),
                 transport: Transport::Relay,
                 host: Some(host(1)),
             },
@@ -301,7 +316,7 @@ fn a_header_over_the_limit_fails_at_once_without_asking_another() {
     drain(&mut fetch);
     fetch.on_routed(host(1), MS);
     fetch.on_channel_open(MS);
-    fetch.on_channel_text(&TransferSender::new(PAGE, 5).header(), MS);
+    fetch.on_channel_text(&TransferSender::new(&page(), 5).header(), MS);
     let failure = FetchFailure::PageTooLarge {
         size: PAGE.len() as u64,
         max: 4,
@@ -334,7 +349,7 @@ fn a_relayed_page_over_the_limit_is_too_large_not_wrong() {
         ..FetchConfig::default()
     };
     let mut fetch = relaying_after_rtc_failed(config);
-    fetch.on_relay_content(std::str::from_utf8(PAGE).unwrap(), 4 * MS);
+    relay(&mut fetch, std::str::from_utf8(PAGE).unwrap(), 4 * MS);
     assert_eq!(
         drain(&mut fetch),
         [FetchAction::Failed(FetchFailure::PageTooLarge {
@@ -421,4 +436,78 @@ fn content_unavailable_for_a_size_the_server_relays_drops_that_host() {
     fetch.on_content_unavailable(host(1), 1000, Some(1 << 20), 4 * MS);
     assert_eq!(drain(&mut fetch), [request(true, &[host(1)])]);
     assert_eq!(fetch.phase(), Phase::Asking);
+}
+
+/// A page of several parts, and a fetch of it routed to `host(1)`.
+fn routed_to_a_page_in_parts(config: FetchConfig) -> (String, Fetch) {
+    let text = "relayed in parts ✓ ".repeat(10_000);
+    let mut fetch = Fetch::new(PageHash::of(text.as_bytes()), config, Duration::ZERO);
+    drain(&mut fetch);
+    fetch.on_routed(host(1), MS);
+    (text, fetch)
+}
+
+#[test]
+fn a_page_in_parts_turns_a_webrtc_fetch_to_relay_and_each_part_is_progress() {
+    let (text, mut fetch) = routed_to_a_page_in_parts(FetchConfig::default());
+    let parts: Vec<_> = crate::relay::parts(&text).collect();
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    let (last, first) = parts.split_last().unwrap();
+    let mut now = MS;
+    for part in first {
+        // Each part within the relay timeout, all of them well past it.
+        now += secs(4);
+        fetch.on_tick(now);
+        fetch.on_relay_part(part, Some(1 << 20), now);
+        let received = part.offset + part.content.len();
+        assert_eq!(fetch.progress(), Some((received, text.len())));
+        assert_eq!(fetch.phase(), Phase::Relaying(host(1)));
+    }
+    assert_eq!(drain(&mut fetch), [FetchAction::CloseRtc(host(1))]);
+    fetch.on_relay_part(last, Some(1 << 20), now);
+    assert_eq!(
+        drain(&mut fetch),
+        [FetchAction::Delivered {
+            page: Page::new(text.into_bytes()),
+            transport: Transport::Relay,
+            host: Some(host(1)),
+        }]
+    );
+}
+
+#[test]
+fn a_relayed_page_that_stops_coming_times_out_like_a_silent_host() {
+    let relay_only = FetchConfig {
+        webrtc: false,
+        ..FetchConfig::default()
+    };
+    let (text, mut fetch) = routed_to_a_page_in_parts(relay_only);
+    let first = crate::relay::parts(&text).next().unwrap();
+    fetch.on_relay_part(&first, None, secs(1));
+    // Past the deadline the routing set, not the one the part moved.
+    fetch.on_tick(secs(5) + 2 * MS);
+    assert!(drain(&mut fetch).is_empty());
+    fetch.on_tick(secs(6));
+    assert_eq!(drain(&mut fetch), [request(true, &[host(1)])]);
+}
+
+#[test]
+fn parts_that_skip_end_the_fetch_and_close_its_channel() {
+    let (text, mut fetch) = routed_to_a_page_in_parts(FetchConfig::default());
+    let parts: Vec<_> = crate::relay::parts(&text).collect();
+    fetch.on_relay_part(&parts[0], None, MS);
+    fetch.on_relay_part(&parts[2], None, MS);
+    let gap = RelayError::Gap {
+        expected: parts[1].offset,
+        got: parts[2].offset,
+    };
+    assert_eq!(
+        drain(&mut fetch),
+        [
+            FetchAction::CloseRtc(host(1)),
+            FetchAction::Failed(FetchFailure::BadRelay(gap))
+        ]
+    );
+    assert_eq!(fetch.phase(), Phase::Failed);
+    assert_eq!(fetch.progress(), None);
 }

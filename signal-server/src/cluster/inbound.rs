@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use ephemeral_shared::frame::{Frame, event};
 use ephemeral_shared::protocol::{
-    Content, ContentUnavailableFrom, HostRequest, PeerId, Reason, VisitorsCount,
+    ContentUnavailableFrom, HostRequest, PeerId, Reason, VisitorsCount,
 };
 use ephemeral_shared::{PageHash, Role, Topic};
 use serde_json::json;
@@ -20,7 +20,7 @@ use super::local::Local;
 use super::ring::NodeId;
 use super::wire::{Counts, Envelope, Message, PageCounts, Side};
 use crate::membership::{Member, Target, lock};
-use crate::registry::{Request, counts_frame, routed_reply};
+use crate::registry::{Request, counts_frame, routed_reply, send_page};
 
 /// Most pages one reply to a snapshot lists counts for.
 const COUNTS_PER_MESSAGE: usize = super::wire::MAX_PAGES_PER_MESSAGE;
@@ -298,21 +298,16 @@ impl Cluster {
                     metrics.count_broadcasts.fetch_add(2, Ordering::Relaxed);
                 }
             }
+            // One message per page crosses Redis; its parts are made here,
+            // by the node that writes to the visitors' sockets.
             Message::Content {
                 page,
                 visitors,
                 content,
             } => {
-                let page_bytes = content.len() as u64;
-                let payload = Content { content };
                 for visitor in visitors {
-                    let Some(member) = member(&local, Topic::want(page), visitor) else {
-                        continue;
-                    };
-                    if push(member, Topic::want(page), event::CONTENT, &payload, metrics) {
-                        metrics
-                            .relayed_bytes
-                            .fetch_add(page_bytes, Ordering::Relaxed);
+                    if let Some(member) = member(&local, Topic::want(page), visitor) {
+                        send_page(member, page, &content, metrics);
                     }
                 }
             }

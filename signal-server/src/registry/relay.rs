@@ -1,11 +1,13 @@
 //! The websocket relay on the registry's side: who may relay to whom,
 //! sending a host's page to the visitors that asked it (on this node or
-//! another), `content_unavailable`, and the seed's coin-flip rule.
+//! another), in parts so that they can show how far it has got,
+//! `content_unavailable`, and the seed's coin-flip rule.
 
 use std::sync::atomic::Ordering;
 
-use ephemeral_shared::frame::event;
-use ephemeral_shared::protocol::{Content, ContentUnavailableFrom, HostRequest, PeerId};
+use ephemeral_shared::frame::{Frame, event};
+use ephemeral_shared::protocol::{ContentPart, ContentUnavailableFrom, HostRequest, PeerId};
+use ephemeral_shared::relay::{parts, parts_in};
 use ephemeral_shared::{PageHash, Topic};
 use rand::Rng;
 use serde_json::json;
@@ -14,6 +16,41 @@ use super::{Deliveries, Delivery, Pending, Registry, Request, push, reply_frame}
 use crate::cluster::NodeId;
 use crate::cluster::wire::Message;
 use crate::membership::{Member, Target};
+use crate::metrics::Metrics;
+
+/// What the frame around one part adds to the part's bytes, at most, for a
+/// join ref of up to 64 characters (clients count theirs up from "1").
+const PART_FRAME_BYTES: usize = 256;
+
+/// The most bytes one visitor's queue takes for a relayed page: its JSON,
+/// never longer than the host's message that carried it, plus the frames
+/// around its parts. A queue smaller than this could close a visitor that
+/// reads perfectly well, just for having been sent a large page.
+pub fn queued_page_bytes(max_message_bytes: usize, max_page_bytes: usize) -> usize {
+    max_message_bytes.saturating_add(parts_in(max_page_bytes).saturating_mul(PART_FRAME_BYTES))
+}
+
+/// Queues a relayed page for `visitor` as its parts, all at once and in
+/// order: a visitor takes a page from its first part on, each next part
+/// right after the last. Counted as relayed once every part is queued.
+pub fn send_page(visitor: &Member, hash: PageHash, content: &str, metrics: &Metrics) {
+    let topic = Topic::want(hash);
+    for part in parts(content) {
+        let text = part_frame(visitor.join_ref.clone(), topic, &part);
+        // A part that does not fit closes the visitor: the rest would only
+        // be dropped.
+        if !visitor.conn.deliver(text.into(), metrics) {
+            return;
+        }
+    }
+    metrics
+        .relayed_bytes
+        .fetch_add(content.len() as u64, Ordering::Relaxed);
+}
+
+fn part_frame(join_ref: Option<String>, topic: Topic, part: &ContentPart) -> String {
+    Frame::with_payload(join_ref, None, topic.to_string(), event::CONTENT, part).encode()
+}
 
 impl Registry {
     /// How many visitors `host` may relay the page to.
@@ -37,7 +74,6 @@ impl Registry {
                     .collect()
             })
             .unwrap_or_default();
-        let page_bytes = content.len() as u64;
         let mut remote: Vec<(NodeId, Vec<PeerId>)> = Vec::new();
         let mut local = Vec::new();
         for (visitor, target) in visitors.iter() {
@@ -59,14 +95,8 @@ impl Registry {
                 outbox.send(node, content);
             }
         }
-        let payload = Content { content };
         for visitor in local {
-            let text = push(visitor, Topic::want(hash), event::CONTENT, &payload);
-            if visitor.conn.deliver(text, &self.metrics) {
-                self.metrics
-                    .relayed_bytes
-                    .fetch_add(page_bytes, Ordering::Relaxed);
-            }
+            send_page(visitor, hash, &content, &self.metrics);
         }
         visitors.len()
     }
@@ -162,5 +192,28 @@ impl Registry {
             out.push(Delivery::Local(visitor.conn.clone(), reply.encode().into()));
         }
         self.deliver(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pages_parts_fit_in_what_its_queue_is_sized_for() {
+        // Escaped characters and the widest numbers there are.
+        let page = "\"\\\u{1}é😀".repeat(40_000);
+        let json = serde_json::to_string(&page).unwrap();
+        let topic = Topic::want(PageHash::of(page.as_bytes()));
+        let join_ref = Some("9".repeat(64));
+        let mut queued = 0;
+        for mut part in parts(&page) {
+            part.offset = usize::MAX;
+            part.size = usize::MAX;
+            queued += part_frame(join_ref.clone(), topic, &part).len();
+        }
+        // The host's message held the page's JSON, and then some.
+        assert!(queued > json.len());
+        assert!(queued <= queued_page_bytes(json.len(), page.len()));
     }
 }

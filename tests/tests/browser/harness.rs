@@ -72,10 +72,15 @@ impl World {
     /// A new headless Chromium with its own fresh profile: a separate
     /// visitor, sharing nothing with the others.
     pub async fn browser(&mut self) -> Browser {
+        self.browser_with(serde_json::Map::new()).await
+    }
+
+    /// [`World::browser`] with more W3C capabilities.
+    pub async fn browser_with(&mut self, capabilities: serde_json::Map<String, Value>) -> Browser {
         let profile = fresh_profile();
         let client = self
             .driver
-            .session(&profile)
+            .session_with(&profile, capabilities)
             .await
             .expect("ChromeDriver starts a Chromium session");
         self.profiles.push(profile);
@@ -349,18 +354,55 @@ impl Browser {
             .expect("the page navigates");
     }
 
-    /// Whether leaving now would ask "leave page?": dispatches a
-    /// cancelable `beforeunload` to the app's own handler and reads
-    /// whether it cancelled. (ChromeDriver accepts a real prompt on its
-    /// own, so the alert commands never see it.)
-    pub async fn would_ask_before_leaving(&self) -> bool {
-        let asked = self
-            .eval(
-                "const e = new Event('beforeunload', { cancelable: true }); \
-                 dispatchEvent(e); return e.defaultPrevented;",
-            )
-            .await;
-        asked == Value::Bool(true)
+    /// Whether leaving now asks "leave page?", as the browser's own dialog
+    /// says: reloads the tab as a person would and waits for either the
+    /// dialog, which it dismisses so the tab stays as it was, or the new
+    /// document, which means the tab left without asking. Needs a session
+    /// with [`real_prompts`]. Browsers ask only in a tab the person has
+    /// used, so it clicks the status line first.
+    pub async fn asks_before_leaving(&self) -> bool {
+        self.click("status").await;
+        self.eval("window.__leaving = true; return null;").await;
+        tokio::time::timeout(WAIT, self.client.refresh())
+            .await
+            .expect("the reload returns once asked or done")
+            .expect("a reload");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if self.client.get_alert_text().await.is_ok() {
+                self.client
+                    .dismiss_alert()
+                    .await
+                    .expect("the dialog is dismissed");
+                let stayed = self.eval("return window.__leaving === true;").await;
+                assert_eq!(stayed, Value::Bool(true), "dismissed, the tab stays");
+                return true;
+            }
+            let same = self
+                .client
+                .execute("return window.__leaving === true;", vec![])
+                .await;
+            if matches!(same, Ok(Value::Bool(false))) {
+                return false;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "neither a dialog nor a new document after {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What this browser's origin keeps in IndexedDB (web-client's
+    /// `idb.rs`): the `[tab, name]` keys of `kept` and the ids in `tabs`;
+    /// both empty when the database does not exist (it is not created).
+    pub async fn on_disk(&self) -> OnDisk {
+        let value = self
+            .client
+            .execute_async(ON_DISK_JS, vec![])
+            .await
+            .expect("IndexedDB is readable");
+        serde_json::from_value(value).expect("keys and ids")
     }
 
     /// Saves a screenshot under tests/artifacts/ for a person to look at.
@@ -382,6 +424,46 @@ impl Browser {
         let _ = self.client.close().await;
     }
 }
+
+/// Capabilities under which Chromium shows its own "leave page?" dialog
+/// and leaves it to the test ([`Browser::asks_before_leaving`]).
+/// ChromeDriver accepts that dialog itself unless the session speaks
+/// WebDriver BiDi (`webSocketUrl`) and the prompt handler names
+/// `beforeUnload`: a plain `"ignore"` does not cover it (WebDriver's
+/// "get the prompt handler" gives beforeunload "accept" then).
+pub fn real_prompts() -> serde_json::Map<String, Value> {
+    serde_json::Map::from_iter([
+        (
+            "unhandledPromptBehavior".to_string(),
+            json!({ "beforeUnload": "ignore", "default": "ignore" }),
+        ),
+        ("webSocketUrl".to_string(), json!(true)),
+    ])
+}
+
+/// What an origin keeps in IndexedDB (see [`Browser::on_disk`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OnDisk {
+    /// `[tab id, name]`: a page's hash, or `draft`.
+    pub kept: Vec<(String, String)>,
+    pub tabs: Vec<String>,
+}
+
+const ON_DISK_JS: &str = r#"
+const done = arguments[arguments.length - 1];
+const open = indexedDB.open("ephemeral");
+// Absent: do not create it, which the upgrade would.
+open.onupgradeneeded = () => open.transaction.abort();
+open.onerror = () => done({ kept: [], tabs: [] });
+open.onsuccess = () => {
+  const db = open.result;
+  const tx = db.transaction(["kept", "tabs"]);
+  const kept = tx.objectStore("kept").getAllKeys();
+  const tabs = tx.objectStore("tabs").getAllKeys();
+  tx.oncomplete = () => { db.close(); done({ kept: kept.result, tabs: tabs.result }); };
+  tx.onabort = () => { db.close(); done(null); };
+};
+"#;
 
 /// Whether the snapshot shows `count` hosts.
 pub fn hosts(snapshot: &Snapshot, count: usize) -> bool {

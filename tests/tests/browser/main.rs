@@ -9,8 +9,9 @@
 //! - [`interop`]: a browser and a native `ephemeral-peer` serving each other.
 //! - [`rich`]: Markdown and HTML in the sandboxed frame; a hostile page
 //!   runs, submits and loads nothing (a loopback listener proves it).
-//! - [`survive`]: reload, Back/Forward and the logo keep a page hosted; the
-//!   leave prompt for the last host only; "Edit a copy"; 16 MiB with
+//! - [`survive`]: reload, Back/Forward and the logo keep a page hosted,
+//!   up to 16 MiB; IndexedDB swept once its tabs are closed; the browser's
+//!   own leave prompt for the last host only; "Edit a copy"; 16 MiB with
 //!   progress.
 //!
 //! How WebRTC is made impossible for the relay test: the visitor opens the

@@ -163,6 +163,66 @@ async fn relay_delivers_when_webrtc_is_impossible() {
     world.finish().await;
 }
 
+/// A relayed page of several parts fills the progress bar as its parts
+/// come: bytes, percent and "via relay", like a page over WebRTC.
+#[tokio::test]
+async fn a_relayed_page_shows_its_bytes_and_percent_as_it_comes() {
+    let mut world = World::start().await;
+    let a = world.browser().await;
+    // 616,000 bytes: ten parts through the relay, under its 1 MiB limit.
+    let text = "relayed in parts, each one progress 0123456\n".repeat(14_000);
+    a.share(&text).await;
+    let hash = PageHash::of(text.as_bytes());
+
+    let b = world.browser().await;
+    // No WebRTC in this tab: the page comes by relay from the start.
+    b.open("/?rtc=off").await;
+    b.wait_for("the home page", |s| s.state.as_deref() == Some("home"))
+        .await;
+    b.record_errors().await;
+    b.eval(
+        r#"window.__progress = [];
+           const bar = document.getElementById("progress");
+           new MutationObserver(() => window.__progress.push({
+               text: document.getElementById("progress-text").textContent,
+               value: bar.getAttribute("value"),
+               max: bar.max,
+             }))
+             .observe(document.getElementById("progress-text"), { childList: true, characterData: true, subtree: true });"#,
+    )
+    .await;
+    b.go_in_app(&format!("/{hash}")).await;
+    let seen = b
+        .wait_for("B to get the page by relay", |s| {
+            s.state.as_deref() == Some("hosting")
+        })
+        .await;
+    assert_eq!(seen.transport.as_deref(), Some("relay"), "{seen:#?}");
+    assert_eq!(seen.content_length, text.len());
+    assert!(!seen.progress_shown, "the bar is gone once verified");
+    let recorded = b.eval("return [window.__progress, window.__errors];").await;
+    let progress = recorded[0].as_array().cloned().unwrap_or_default();
+    let partway: Vec<_> = progress
+        .iter()
+        .filter(|p| {
+            let text = p["text"].as_str().unwrap_or_default();
+            let value = p["value"].as_str().and_then(|v| v.parse::<f64>().ok());
+            let max = p["max"].as_f64().unwrap_or_default();
+            text.contains(" of 601.6 KiB (")
+                && text.ends_with("%), via relay")
+                && value.is_some_and(|value| value > 0.0 && value < max)
+        })
+        .collect();
+    assert!(
+        !partway.is_empty(),
+        "bytes, percent and path part of the way: {progress:?}"
+    );
+    assert_eq!(recorded[1], serde_json::json!([]), "no errors in the tab");
+    a.close().await;
+    b.close().await;
+    world.finish().await;
+}
+
 #[tokio::test]
 async fn the_last_host_leaving_makes_the_page_gone() {
     let mut world = World::start().await;

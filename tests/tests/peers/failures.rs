@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ephemeral_peer::{FetchError, PeerConfig, Transport};
+use ephemeral_peer::{FetchError, FetchOptions, PeerConfig, Transport};
 use ephemeral_shared::{FetchFailure, PageHash};
 
 use crate::fake_host::{FakeHost, Misbehaviour};
@@ -128,6 +128,32 @@ async fn relay_only_peers_get_pages_by_relay() {
         .expect("the page by relay");
     assert_eq!(fetched.page, page);
     assert_eq!(fetched.transport, Transport::Relay);
+    server.shutdown().await;
+}
+
+/// A page the server relays in several parts comes together verified, and
+/// from a relay-only host too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_many_relay_parts_arrives_whole() {
+    init_logs();
+    let server = start_server(server_config()).await;
+    let config = peer_config(&server);
+    let mut relay_only = config.clone();
+    relay_only.fetch.webrtc = false;
+    // Five parts of at most 64 KiB.
+    let page = text_page(300_000, 7);
+    let (_host, hash) = host(&relay_only, &page).await;
+    for visitor_config in [&relay_only, &config] {
+        let visitor = connect(visitor_config).await;
+        // Not hosting after: the next visitor must get it from the host.
+        let once = FetchOptions::default();
+        let fetched = within("a fetch relayed in parts", visitor.fetch_with(hash, once))
+            .await
+            .expect("the page by relay");
+        assert_eq!(fetched.transport, Transport::Relay);
+        assert!(fetched.page == page, "the parts make the page");
+        visitor.shutdown().await;
+    }
     server.shutdown().await;
 }
 

@@ -15,7 +15,7 @@ use ephemeral_phoenix_client::Client;
 use ephemeral_shared::frame::event;
 use ephemeral_shared::protocol::{HostRequest, SignalFrom, SignalTo};
 use ephemeral_shared::transfer::TransferSender;
-use ephemeral_shared::{PageHash, PeerId, Topic};
+use ephemeral_shared::{Page, PageHash, PeerId, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -169,7 +169,8 @@ async fn serve(
 }
 
 async fn misbehave(session: &Session, page: &[u8], message_size: usize, how: Misbehaviour) {
-    let honest = TransferSender::new(page, message_size);
+    let honest = Page::new(page.to_vec());
+    let honest = TransferSender::new(&honest, message_size);
     if session.send_text(&honest.header()).await.is_err() {
         return;
     }
@@ -179,6 +180,7 @@ async fn misbehave(session: &Session, page: &[u8], message_size: usize, how: Mis
             for byte in forged.iter_mut().step_by(97) {
                 *byte = if *byte == b'x' { b'y' } else { b'x' };
             }
+            let forged = Page::new(forged);
             for chunk in TransferSender::new(&forged, message_size).chunks() {
                 if session.send_binary(&chunk).await.is_err() {
                     return;

@@ -151,7 +151,8 @@ async fn a_large_page_crosses_the_data_channel_verified() {
         max_page_bytes: 2 * SIZE,
         max_message_bytes: 3 * SIZE,
         max_frame_bytes: 3 * SIZE,
-        outbound_queue_bytes: 3 * SIZE,
+        // A relayed page of 3 * SIZE bytes of JSON must fit in its parts.
+        outbound_queue_bytes: 4 * SIZE,
         ..server_config()
     })
     .await;
