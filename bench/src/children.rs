@@ -65,24 +65,33 @@ pub struct ChildServer {
 }
 
 impl ChildServer {
+    /// The server's process id, while it runs.
+    fn pid(&self) -> Result<u32> {
+        self.child
+            .id()
+            .with_context(|| format!("{} has exited", self.name))
+    }
+
     /// The server's resident memory, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
-        let pid = self
-            .child
-            .id()
-            .with_context(|| format!("{} has exited", self.name))?;
+        let pid = self.pid()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .with_context(|| format!("cannot read /proc/{pid}/status"))?;
         parse_vm_rss(&status).with_context(|| format!("no VmRSS in /proc/{pid}/status"))
     }
 
+    /// Descriptors the server has open now.
+    pub fn open_fds(&self) -> Result<u64> {
+        let pid = self.pid()?;
+        let dir = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .with_context(|| format!("cannot list /proc/{pid}/fd"))?;
+        Ok(dir.count() as u64)
+    }
+
     /// CPU time the server has used so far, user plus system, from
     /// `/proc/<pid>/stat` (clock-tick resolution: 10 ms here).
     pub fn cpu_time(&self) -> Result<Duration> {
-        let pid = self
-            .child
-            .id()
-            .with_context(|| format!("{} has exited", self.name))?;
+        let pid = self.pid()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
         // SAFETY: sysconf only reads a configuration value.

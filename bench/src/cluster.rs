@@ -36,8 +36,13 @@ use crate::memory::settle;
 use crate::report::{Better, Percentiles, Row, Value};
 
 const BENCHMARK: &str = "11. Cluster";
-/// Descriptors each process keeps for itself (listener, Redis, runtime).
-const SPARE_FDS: u64 = 100;
+/// Descriptors a node is left beyond those it has open before its first
+/// client (for a Redis reconnect, a metrics scrape, an accept in flight).
+const NODE_SPARE_FDS: u64 = 8;
+/// Descriptors a generator keeps for itself (runtime, pipes).
+const GENERATOR_SPARE_FDS: u64 = 24;
+/// The total the issue asks a cluster on this machine to hold.
+const ASKED: usize = 60_000;
 /// Connections each node gets before its first reading (see memory.rs).
 const WARM_UP: usize = 200;
 /// Handshakes in flight at once per generator.
@@ -147,16 +152,98 @@ pub async fn run_idle_clients(url: String, first: usize, count: usize) -> Result
     Ok(())
 }
 
+/// Idle connections: three nodes filled to what each process's descriptor
+/// limit leaves (the memory figures come from these), then four nodes
+/// holding the 60,000 asked for, each well under the limit.
 async fn idle(fd_limit: u64) -> Result<Vec<Row>> {
-    let per_node = usize::try_from(fd_limit.saturating_sub(SPARE_FDS))
-        .unwrap_or(usize::MAX)
+    let three = fill(3, None, fd_limit).await?;
+    let four = fill(4, Some(ASKED / 4), fd_limit).await?;
+    let worst = three.per_connection.iter().copied().fold(0.0, f64::max);
+    let each: Vec<String> = three
+        .per_connection
+        .iter()
+        .map(|b| format!("{:.1}", b / 1024.0))
+        .collect();
+    Ok(vec![
+        Row::new(
+            BENCHMARK,
+            "idle connections held by three nodes, each filled to its descriptor limit",
+            Value::new(three.held as f64, "connections"),
+            Better::Higher,
+        )
+        .target(
+            format!("{ASKED}, each node under {fd_limit} descriptors"),
+            three.held >= ASKED,
+        )
+        .note(format!(
+            "{} per node: a node has {} descriptors open of its own before its first client, \
+             so three processes under a {fd_limit} limit hold at most {}; opened by three \
+             generator processes in {:.1} s",
+            three.per_node,
+            three.own_fds,
+            3 * fd_limit.saturating_sub(three.own_fds),
+            three.opening.as_secs_f64()
+        )),
+        Row::new(
+            BENCHMARK,
+            "idle connections held by four nodes",
+            Value::new(four.held as f64, "connections"),
+            Better::Higher,
+        )
+        .target(format!("{ASKED}"), four.held >= ASKED)
+        .note(format!(
+            "{} per node, opened by four generator processes in {:.1} s",
+            four.per_node,
+            four.opening.as_secs_f64()
+        )),
+        Row::new(
+            BENCHMARK,
+            format!(
+                "memory per idle connection per node, three nodes, {} per node",
+                three.per_node
+            ),
+            Value::new(worst / 1024.0, "KiB"),
+            Better::Lower,
+        )
+        .target("≤ 4 KiB", worst <= TARGET_BYTES)
+        .note(format!("nodes: {} KiB; worst shown", each.join(" / "))),
+    ])
+}
+
+/// What one filling of a cluster measured.
+struct Filled {
+    /// Connections the nodes report open, warm-up included.
+    held: usize,
+    /// Connections each node got after its warm-up.
+    per_node: usize,
+    /// Descriptors a node had open before its first client (the most of
+    /// any node).
+    own_fds: u64,
+    opening: Duration,
+    /// Each node's RSS growth per connection, in bytes.
+    per_connection: Vec<f64>,
+}
+
+/// Starts `count` nodes on a fresh Redis and opens idle connections on
+/// each: `per_node` of them, or as many as the node's descriptor limit
+/// leaves.
+async fn fill(count: usize, per_node: Option<usize>, fd_limit: u64) -> Result<Filled> {
+    let redis = Redis::start().await?;
+    let nodes = nodes(Some(&redis), count).await?;
+    let mut own_fds = 0;
+    for node in &nodes {
+        own_fds = own_fds.max(node.open_fds()?);
+    }
+    let room = fd_limit
+        .saturating_sub(own_fds + NODE_SPARE_FDS)
+        .min(fd_limit.saturating_sub(GENERATOR_SPARE_FDS));
+    let per_node = per_node
+        .unwrap_or(usize::try_from(room).unwrap_or(usize::MAX))
         .saturating_sub(WARM_UP);
     eprintln!(
-        "bench: {} idle connections across three nodes",
-        3 * per_node
+        "bench: {} idle connections across {count} nodes",
+        count * (per_node + WARM_UP)
     );
-    let redis = Redis::start().await?;
-    let nodes = nodes(Some(&redis), 3).await?;
     let mut warm = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
         warm.extend(
@@ -188,17 +275,14 @@ async fn idle(fd_limit: u64) -> Result<Vec<Row>> {
         generators.push((child, BufReader::new(stdout).lines()));
     }
     let started = Instant::now();
-    let mut held = 0usize;
     for (_, lines) in &mut generators {
         let line = tokio::time::timeout(OPEN_WAIT, lines.next_line())
             .await
             .context("a generator took too long to open its connections")??
             .context("a generator exited before it was ready")?;
-        let n: usize = line
-            .strip_prefix("ready ")
-            .and_then(|n| n.parse().ok())
+        line.strip_prefix("ready ")
+            .and_then(|n| n.parse::<usize>().ok())
             .with_context(|| format!("unexpected generator line {line:?}"))?;
-        held += n;
     }
     let opening = started.elapsed();
     let mut per_connection = Vec::new();
@@ -207,45 +291,23 @@ async fn idle(fd_limit: u64) -> Result<Vec<Row>> {
         let after = node.rss_kib()?;
         per_connection.push(after.saturating_sub(*before) as f64 * 1024.0 / per_node as f64);
     }
-    let connections: f64 = {
-        let mut total = 0.0;
-        for node in &nodes {
-            total += node
-                .scrape()
-                .await?
-                .get("ephemeral_connections")
-                .unwrap_or(0.0);
-        }
-        total
-    };
+    let mut held = 0.0;
+    for node in &nodes {
+        held += node
+            .scrape()
+            .await?
+            .get("ephemeral_connections")
+            .unwrap_or(0.0);
+    }
     drop(generators);
     drop(warm);
-    let worst = per_connection.iter().copied().fold(0.0, f64::max);
-    let each: Vec<String> = per_connection
-        .iter()
-        .map(|b| format!("{:.1}", b / 1024.0))
-        .collect();
-    Ok(vec![
-        Row::new(
-            BENCHMARK,
-            "idle connections held across three nodes",
-            Value::new(connections, "connections"),
-            Better::Higher,
-        )
-        .note(format!(
-            "{held} opened by three generator processes in {:.1} s; each node and each generator \
-             is under this machine's {fd_limit}-descriptor limit per process",
-            opening.as_secs_f64()
-        )),
-        Row::new(
-            BENCHMARK,
-            format!("memory per idle connection per node, {per_node} per node"),
-            Value::new(worst / 1024.0, "KiB"),
-            Better::Lower,
-        )
-        .target("≤ 4 KiB", worst <= TARGET_BYTES)
-        .note(format!("nodes: {} KiB; worst shown", each.join(" / "))),
-    ])
+    Ok(Filled {
+        held: held as usize,
+        per_node,
+        own_fds,
+        opening,
+        per_connection,
+    })
 }
 
 /// One pair's closed loop: the visitor offers, the host answers; each

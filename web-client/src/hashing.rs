@@ -8,8 +8,8 @@
 //! bytes here, so that nothing can host bytes under a hash they do not have.
 
 use ephemeral_shared::page::{Page, PageBuilder};
-use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::JsFuture;
+
+use crate::timer::next_task;
 
 /// Bytes hashed between two returns to the event loop.
 const SLICE_BYTES: usize = 1 << 20;
@@ -25,16 +25,4 @@ pub async fn page(bytes: Vec<u8>) -> Page {
         next_task().await;
     }
     builder.finish()
-}
-
-/// Resolves in a later task of the event loop (not a microtask, which
-/// would run before the tab could handle anything else).
-async fn next_task() {
-    let Some(window) = web_sys::window() else {
-        return;
-    };
-    let promise = js_sys::Promise::new(&mut |resolve, _| {
-        let _ = window.set_timeout_with_callback(&resolve);
-    });
-    let _: Result<JsValue, JsValue> = JsFuture::from(promise).await;
 }

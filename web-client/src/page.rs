@@ -8,6 +8,8 @@
 //! the address stays the SHA-256 of the page's bytes and a bare `/<hash>`
 //! still works, shown as Text.
 
+use std::ops::Range;
+
 use ephemeral_shared::PageHash;
 use pulldown_cmark::{Options, Parser, html};
 
@@ -165,27 +167,41 @@ pub fn pieces(text: &str) -> Vec<Piece<'_>> {
     out
 }
 
-/// Splits `text` into blocks of whole lines of about `size` bytes (a line
-/// longer than that is a block of its own), in order, losing nothing.
-pub fn blocks(text: &str, size: usize) -> Vec<&str> {
+/// Splits `bytes` into blocks of whole lines of about `size` bytes (a
+/// line longer than that is a block of its own), in order, losing nothing.
+/// Blocks end just after a `\n`, which is never inside a UTF-8 character
+/// nor inside an invalid sequence, so each block decodes on its own exactly
+/// as it would within the whole, and no link spans two blocks.
+pub fn blocks(bytes: &[u8], size: usize) -> Vec<Range<usize>> {
     let mut out = Vec::new();
-    let mut rest = text;
-    while rest.len() > size {
-        let mut cut = size;
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let end = match rest[..cut].rfind('\n') {
+    let mut start = 0;
+    while bytes.len() - start > size {
+        let rest = &bytes[start..];
+        let end = match rest[..size].iter().rposition(|&b| b == b'\n') {
             Some(newline) => newline + 1,
-            None => rest[cut..].find('\n').map_or(rest.len(), |n| cut + n + 1),
+            None => rest[size..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |n| size + n + 1),
         };
-        out.push(&rest[..end]);
-        rest = &rest[end..];
+        out.push(start..start + end);
+        start += end;
     }
-    if !rest.is_empty() {
-        out.push(rest);
+    if start < bytes.len() {
+        out.push(start..bytes.len());
     }
     out
+}
+
+/// [`first_line`] of a page still in bytes, decoding only up to that line:
+/// a long page is decoded a block at a time, later.
+pub fn first_line_of(bytes: &[u8]) -> String {
+    bytes
+        .split(|&b| b == b'\n')
+        .map(String::from_utf8_lossy)
+        .find(|line| !line.trim().is_empty())
+        .map(|line| first_line(&line).to_string())
+        .unwrap_or_default()
 }
 
 fn find_link_start(text: &str) -> Option<usize> {
@@ -365,11 +381,43 @@ mod tests {
 
     #[test]
     fn long_text_splits_at_line_ends_and_loses_nothing() {
-        let text = "ab\ncd\nefghij\nk";
-        assert_eq!(blocks(text, 4), ["ab\n", "cd\n", "efghij\n", "k"]);
-        assert_eq!(blocks(text, 100), [text]);
+        let text = b"ab\ncd\nefghij\nk";
+        let cut =
+            |size| -> Vec<&[u8]> { blocks(text, size).into_iter().map(|r| &text[r]).collect() };
+        assert_eq!(cut(4), [&b"ab\n"[..], b"cd\n", b"efghij\n", b"k"]);
+        assert_eq!(cut(100), [&text[..]]);
         let long = "é".repeat(100);
-        assert_eq!(blocks(&long, 7).concat(), long);
+        let whole: Vec<u8> = blocks(long.as_bytes(), 7)
+            .into_iter()
+            .flat_map(|r| long.as_bytes()[r].to_vec())
+            .collect();
+        assert_eq!(whole, long.as_bytes());
+        // Each block decodes alone as it does within the whole, bad bytes
+        // included, since no block ends inside a character.
+        let mut bytes = "é\n".repeat(50).into_bytes();
+        bytes.extend_from_slice(b"\xc3\n\xe2\x82");
+        bytes.extend(b"x\n".repeat(20));
+        for size in 1..20 {
+            let decoded: String = blocks(&bytes, size)
+                .into_iter()
+                .map(|r| String::from_utf8_lossy(&bytes[r]).into_owned())
+                .collect();
+            assert_eq!(decoded, String::from_utf8_lossy(&bytes), "{size}");
+        }
+    }
+
+    #[test]
+    fn the_first_line_of_bytes_is_the_first_line_of_the_text() {
+        for text in [
+            "\n  # Hello  \nmore",
+            "\u{3000}\n\nfirst\r\nsecond",
+            "",
+            "\n \n",
+            "#\nx",
+        ] {
+            assert_eq!(first_line_of(text.as_bytes()), first_line(text), "{text:?}");
+        }
+        assert_eq!(first_line_of(b"\xffab\ncd"), "\u{fffd}ab");
     }
 
     #[test]

@@ -13,15 +13,23 @@
 //! safe only because no script runs in there to use our origin. Once the
 //! frame loads, every link in it is also set to open in a new tab without
 //! referrer or opener, whatever `target` the page gave it.
+//!
+//! A long Text page is decoded and put in the DOM in stages: the first
+//! blocks at once, the rest a slice per task, with `aria-busy` on the text
+//! element until the last is in (docs/pages.md). Done in one task, 16 MiB
+//! kept the tab from drawing or answering for well over 100 ms.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ops::Range;
 use std::rc::Rc;
 
+use ephemeral_shared::page::Page;
 use wasm_bindgen::JsCast;
 use web_sys::{Document, Element, HtmlElement, HtmlIFrameElement};
 
 use crate::Listener;
 use crate::page::{self, Format, Piece};
+use crate::timer::next_task;
 
 /// The iframe's sandbox: popups only for links clicked, escaping the
 /// sandbox so the linked site works normally in its own tab; no scripts,
@@ -30,6 +38,10 @@ pub const SANDBOX: &str = "allow-same-origin allow-popups allow-popups-to-escape
 
 /// Text pages longer than this are shown in blocks of about this size.
 const TEXT_BLOCK_BYTES: usize = 64 * 1024;
+
+/// Of a long Text page, the bytes shown at once (more than a screenful)
+/// and then in each later task.
+const STAGE_BYTES: usize = 256 * 1024;
 
 /// Receives the title the rendered page gives itself, once known.
 pub type TitleHandler = Rc<dyn Fn(String)>;
@@ -41,6 +53,9 @@ pub struct Renderer {
     frame: HtmlIFrameElement,
     /// Called with the page's title when the frame has loaded.
     on_title: RefCell<Option<TitleHandler>>,
+    /// Counts what was shown: a staged page stops adding blocks as soon
+    /// as something else is shown instead.
+    shown: Cell<u64>,
     _listeners: Vec<Listener>,
 }
 
@@ -61,6 +76,7 @@ impl Renderer {
                 text,
                 frame,
                 on_title: RefCell::new(None),
+                shown: Cell::new(0),
                 _listeners: on_load.into_iter().collect(),
             }
         })
@@ -75,6 +91,7 @@ impl Renderer {
     /// Returns the title for a Text page or source view at once; a rendered
     /// page's title comes to the title handler once the frame loads.
     pub fn show(&self, text: &str, format: Format, source: bool) -> Option<String> {
+        self.next_shown();
         if format.is_rendered() && !source {
             self.text.set_hidden(true);
             self.text.set_text_content(None);
@@ -98,8 +115,79 @@ impl Renderer {
         }
     }
 
+    /// Shows a page's bytes as [`Renderer::show`] does its text; a long
+    /// Text page in stages, its title at once from its first line.
+    pub fn show_page(
+        self: &Rc<Self>,
+        bytes: &Page,
+        format: Format,
+        source: bool,
+    ) -> Option<String> {
+        if format.is_rendered() || source || bytes.len() <= STAGE_BYTES {
+            return self.show(&String::from_utf8_lossy(bytes), format, source);
+        }
+        let shown = self.next_shown();
+        self.hide_frame();
+        self.text.set_text_content(None);
+        let _ = self.text.set_attribute("data-source", "false");
+        let _ = self.text.set_attribute("aria-busy", "true");
+        let blocks = page::blocks(bytes, TEXT_BLOCK_BYTES);
+        let first = self.append_blocks(bytes, &blocks);
+        self.text.set_hidden(false);
+        let me = Rc::downgrade(self);
+        let bytes = bytes.clone();
+        let title = page::first_line_of(&bytes);
+        wasm_bindgen_futures::spawn_local(async move {
+            let mut rest = &blocks[first..];
+            while !rest.is_empty() {
+                next_task().await;
+                let Some(renderer) = me.upgrade().filter(|r| r.shown.get() == shown) else {
+                    return;
+                };
+                rest = &rest[renderer.append_blocks(&bytes, rest)..];
+            }
+            if let Some(renderer) = me.upgrade().filter(|r| r.shown.get() == shown) {
+                let _ = renderer.text.remove_attribute("aria-busy");
+            }
+        });
+        Some(title)
+    }
+
+    /// Appends blocks from the start of `blocks` up to [`STAGE_BYTES`] (at
+    /// least one); returns how many.
+    fn append_blocks(&self, page: &[u8], blocks: &[Range<usize>]) -> usize {
+        let mut bytes = 0;
+        let mut count = 0;
+        for block in blocks {
+            if count > 0 && bytes + block.len() > STAGE_BYTES {
+                break;
+            }
+            bytes += block.len();
+            count += 1;
+            self.append_block(&String::from_utf8_lossy(&page[block.clone()]));
+        }
+        count
+    }
+
+    fn append_block(&self, text: &str) {
+        let Ok(div) = self.document.create_element("div") else {
+            return;
+        };
+        div.set_class_name("text-block");
+        self.append_pieces(&div, text);
+        let _ = self.text.append_child(&div);
+    }
+
+    /// A new thing is shown: whatever was being staged stops.
+    fn next_shown(&self) -> u64 {
+        let _ = self.text.remove_attribute("aria-busy");
+        self.shown.set(self.shown.get() + 1);
+        self.shown.get()
+    }
+
     /// Shows nothing.
     pub fn clear(&self) {
+        self.next_shown();
         self.hide_frame();
         self.text.set_text_content(None);
         self.text.set_hidden(true);
@@ -126,13 +214,8 @@ impl Renderer {
             self.append_pieces(&self.text, text);
             return;
         }
-        for block in page::blocks(text, TEXT_BLOCK_BYTES) {
-            let Ok(div) = self.document.create_element("div") else {
-                continue;
-            };
-            div.set_class_name("text-block");
-            self.append_pieces(&div, block);
-            let _ = self.text.append_child(&div);
+        for block in page::blocks(text.as_bytes(), TEXT_BLOCK_BYTES) {
+            self.append_block(&text[block]);
         }
     }
 

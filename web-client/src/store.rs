@@ -28,6 +28,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use ephemeral_shared::PageHash;
+use ephemeral_shared::page::Page;
 use js_sys::Uint8Array;
 use wasm_bindgen::JsValue;
 use web_sys::{Storage, Window};
@@ -35,6 +36,7 @@ use web_sys::{Storage, Window};
 use crate::Listeners;
 use crate::disk::Disk;
 use crate::page::Format;
+use crate::timer::next_task;
 
 const TAB: &str = "ephemeral.tab";
 const LIVE: &str = "ephemeral.live";
@@ -293,7 +295,7 @@ impl Store {
     /// Keeps a hosted page; `false` when it cannot be kept, and then it
     /// survives no reload. A page bound for disk counts as kept at once;
     /// should the write fail, [`Store::on_unkept`] hears of it.
-    pub fn keep(&self, kept: Kept, page: &[u8]) -> bool {
+    pub fn keep(&self, kept: Kept, page: &Page) -> bool {
         let Some(tab) = self.tab.borrow().clone() else {
             return false;
         };
@@ -306,9 +308,13 @@ impl Store {
             let Some(disk) = self.disk.clone() else {
                 return false;
             };
-            let bytes = Uint8Array::from(page);
+            let page = page.clone();
             let unkept = self.on_unkept.borrow().clone();
             wasm_bindgen_futures::spawn_local(async move {
+                // Copying and cloning 16 MiB for IndexedDB takes a while:
+                // not in the task that shows the page.
+                next_task().await;
+                let bytes = Uint8Array::from(page.bytes());
                 let name = kept.hash.to_string();
                 if let Err(error) = disk.put(&tab, &name, &bytes).await {
                     warn("could not keep a page for a reload:", &error);

@@ -66,3 +66,16 @@ impl Timer {
         }
     }
 }
+
+/// Resolves in a later task of the event loop (not a microtask, which
+/// would run before the tab could handle anything else). Long work awaits
+/// it between slices, so the tab draws and answers meanwhile.
+pub async fn next_task() {
+    let Some(window) = web_sys::window() else {
+        return;
+    };
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let _ = window.set_timeout_with_callback(&resolve);
+    });
+    let _: Result<JsValue, JsValue> = wasm_bindgen_futures::JsFuture::from(promise).await;
+}

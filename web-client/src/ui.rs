@@ -310,8 +310,7 @@ impl Ui {
                         }
                     }
                     self.shown = Some((hash, format, source));
-                    let text = String::from_utf8_lossy(&page);
-                    if let Some(first) = self.viewer.show(&text, format, source) {
+                    if let Some(first) = self.viewer.show_page(&page, format, source) {
                         self.view.set_title(&page::tab_title(&first));
                     }
                 }

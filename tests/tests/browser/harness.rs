@@ -171,6 +171,8 @@ pub struct Snapshot {
     pub content_length: usize,
     pub content_visible: bool,
     pub content_children: u32,
+    /// Whether a long page is still going into the DOM (`aria-busy`).
+    pub content_busy: bool,
     pub gone_visible: bool,
     /// Whether the progress bar is showing.
     pub progress_shown: bool,
@@ -205,6 +207,7 @@ return {
   announce: $("announce").textContent,
   content_visible: !$("content").hidden,
   content_children: $("content").children.length,
+  content_busy: $("content").getAttribute("aria-busy") === "true",
   gone_visible: !$("gone").hidden,
   path: location.pathname,
   pwned: window.__pwned ?? null,
@@ -249,6 +252,9 @@ impl Browser {
         limit: Duration,
         ready: impl Fn(&Snapshot) -> bool,
     ) -> Snapshot {
+        // A long page is shown in stages: what is awaited holds once all
+        // of it is in.
+        let ready = |s: &Snapshot| !s.content_busy && ready(s);
         chromium::poll_page(what, limit, || self.snapshot(), ready).await
     }
 
