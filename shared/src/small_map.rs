@@ -106,19 +106,28 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
             Repr::Few(entries) => {
                 let at = entries.iter().position(|(k, _)| k == key)?;
                 let (_, value) = entries.swap_remove(at);
-                if entries.is_empty() {
-                    *entries = Vec::new();
-                }
+                self.shrunk();
                 Some(value)
             }
             Repr::Many(map) => {
                 let value = map.remove(key)?;
-                if map.len() <= FEW / 2 {
-                    let entries = std::mem::take(map.as_mut()).into_iter().collect();
-                    self.repr = Repr::Few(entries);
-                }
+                self.shrunk();
                 Some(value)
             }
+        }
+    }
+
+    /// After entries went: a map down to a few goes back to the vector,
+    /// and an emptied vector gives its memory back.
+    fn shrunk(&mut self) {
+        match &mut self.repr {
+            Repr::Few(entries) if entries.is_empty() => *entries = Vec::new(),
+            Repr::Few(_) => {}
+            Repr::Many(map) if map.len() <= FEW / 2 => {
+                let entries = std::mem::take(map.as_mut()).into_iter().collect();
+                self.repr = Repr::Few(entries);
+            }
+            Repr::Many(_) => {}
         }
     }
 
@@ -143,20 +152,10 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     /// Keeps only the entries `keep` says to keep.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         match &mut self.repr {
-            Repr::Few(entries) => {
-                entries.retain_mut(|(k, v)| keep(k, v));
-                if entries.is_empty() {
-                    *entries = Vec::new();
-                }
-            }
-            Repr::Many(map) => {
-                map.retain(|k, v| keep(k, v));
-                if map.len() <= FEW / 2 {
-                    let entries = std::mem::take(map.as_mut()).into_iter().collect();
-                    self.repr = Repr::Few(entries);
-                }
-            }
+            Repr::Few(entries) => entries.retain_mut(|(k, v)| keep(k, v)),
+            Repr::Many(map) => map.retain(|k, v| keep(k, v)),
         }
+        self.shrunk();
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &K> {

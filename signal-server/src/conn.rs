@@ -121,8 +121,4 @@ impl Conn {
     pub fn congested(&self) -> bool {
         self.is_stalled() || self.queued_bytes.load(Ordering::Acquire) > self.max_queued_bytes / 2
     }
-
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Acquire)
-    }
 }

@@ -396,8 +396,15 @@ async fn malformed_addresses_get_a_page_saying_what_an_address_looks_like() {
     let upper = format!("/{}", hash.to_string().to_uppercase());
     for path in ["/foo", "/abc123", upper.as_str()] {
         // The server answers 404, with the app that explains it.
-        let (status, body) = http_get(&world.base, path).await;
-        assert!(status.contains(" 404 "), "{path}: {status}");
+        let addr = world
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the server's address");
+        let (status, body) = ephemeral_tests::http::get(addr, path)
+            .await
+            .expect("an HTTP answer");
+        assert_eq!(status, 404, "{path}");
         assert!(
             body.contains("id=\"bad-address\""),
             "{path}: the app's page"
@@ -431,19 +438,4 @@ async fn malformed_addresses_get_a_page_saying_what_an_address_looks_like() {
     }
     b.close().await;
     world.finish().await;
-}
-
-/// A raw HTTP GET: the status line and the body.
-async fn http_get(base: &str, path: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("the server accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.expect("a request");
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.expect("a response");
-    let status = response.lines().next().unwrap_or_default().to_string();
-    (status, response)
 }
